@@ -1,0 +1,250 @@
+"""System-1 answerer: batched, left-padded greedy generation over LLaVA question JSONL.
+
+Writes LLaVA answer JSONL (`question_id`, `prompt`, `text`, `answer_id`, `model_id`, `metadata`),
+one line per question, flushed after every batch. A rerun resumes: questions already answered are
+skipped and a line cut off by a kill is dropped, so each question is answered exactly once.
+
+    python -m roillava.answer --model-path CKPT --question-file Q.jsonl --image-folder DIR \
+        --answers-file A.jsonl [--batch-size 8] [--num-chunks N --chunk-idx K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .conversation import IMAGE_PLACEHOLDER, conversation_segments, get_template, tokenize_segments
+from .data import image_seq_length, load_json_records, open_image
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One generation request: token ids of the open assistant turn plus its images."""
+
+    input_ids: list[int]
+    images: list
+
+
+def build_prompt(question: str, images: list, *, tokenizer, model_config, template: str) -> Prompt:
+    """The same segment tokenisation as training, with the assistant turn left open."""
+    if images and IMAGE_PLACEHOLDER not in question:
+        question = IMAGE_PLACEHOLDER + "\n" + question
+    segments = conversation_segments(get_template(template), [(question, None)])
+    ids, _ = tokenize_segments(
+        segments, tokenizer, model_config.image_token_id, image_seq_length(model_config)
+    )
+    return Prompt(ids, images)
+
+
+def left_pad(prompts: list[Prompt], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(p.input_ids) for p in prompts)
+    ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, length - len(p.input_ids) :] = torch.tensor(p.input_ids)
+        mask[row, length - len(p.input_ids) :] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def generate(model, processor, prompts: list[Prompt], *, max_new_tokens: int) -> list[str]:
+    """Greedy continuations of `prompts`, decoded without special tokens and stripped."""
+    tok = processor.tokenizer
+    ids, mask = left_pad(prompts, tok.pad_token_id)
+    images = [im for p in prompts for im in p.images]
+    device = next(model.parameters()).device
+    kwargs = {}
+    if images:
+        pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        kwargs["pixel_values"] = pixels.to(device=device, dtype=next(model.parameters()).dtype)
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **kwargs,
+    )
+    return [t.strip() for t in tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)]
+
+
+def read_done(answers_file: Path) -> set:
+    """Question ids already answered; a trailing partial line (killed mid-write) is removed."""
+    if not answers_file.exists():
+        return set()
+    raw = answers_file.read_bytes()
+    keep, done = 0, set()
+    for line in raw.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            done.add(json.loads(line)["question_id"])
+        except (json.JSONDecodeError, KeyError):
+            break
+        keep += len(line)
+    if keep != len(raw):
+        with answers_file.open("r+b") as f:
+            f.truncate(keep)
+    return done
+
+
+def chunk(rows: list, num_chunks: int, chunk_idx: int) -> list:
+    """LLaVA's split of a question file over GPUs: contiguous, near-equal chunks."""
+    if not 0 <= chunk_idx < num_chunks:
+        raise ValueError(f"--chunk-idx {chunk_idx} outside 0..{num_chunks - 1}")
+    size = -(-len(rows) // num_chunks)
+    return rows[chunk_idx * size : (chunk_idx + 1) * size]
+
+
+def batched(items: Iterable, n: int) -> Iterator[list]:
+    batch = []
+    for it in items:
+        batch.append(it)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def append_lines(answers_file: Path, rows: list[dict]) -> None:
+    with answers_file.open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def answer_file(
+    model,
+    processor,
+    question_file: str,
+    image_folder: str,
+    answers_file: str,
+    *,
+    template: str = "vicuna_v1",
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    model_id: str = "llava",
+    num_chunks: int = 1,
+    chunk_idx: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Answer every not-yet-answered question of `question_file`; returns counts and timing."""
+    questions = chunk(load_json_records(question_file), num_chunks, chunk_idx)
+    out = Path(answers_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = read_done(out)
+    todo = [q for q in questions if q["question_id"] not in done]
+    start, n_missing_images = time.perf_counter(), 0
+    for batch in tqdm(list(batched(todo, batch_size)), desc="answering", disable=not progress):
+        prompts, kept = [], []
+        for q in batch:
+            try:
+                images = [open_image(Path(image_folder) / q["image"])] if q.get("image") else []
+            except (FileNotFoundError, OSError) as e:
+                n_missing_images += 1
+                append_lines(out, [_answer_row(q, "", model_id, {"error": str(e)})])
+                continue
+            prompts.append(
+                build_prompt(
+                    q["text"],
+                    images,
+                    tokenizer=processor.tokenizer,
+                    model_config=model.config,
+                    template=template,
+                )
+            )
+            kept.append(q)
+        if prompts:
+            texts = generate(model, processor, prompts, max_new_tokens=max_new_tokens)
+            append_lines(out, [_answer_row(q, t, model_id, {}) for q, t in zip(kept, texts)])
+    seconds = time.perf_counter() - start
+    return {
+        "questions": len(questions),
+        "answered_now": len(todo),
+        "resumed": len(questions) - len(todo),
+        "missing_images": n_missing_images,
+        "seconds": seconds,
+        "sec_per_question": seconds / max(1, len(todo)),
+    }
+
+
+def _answer_row(q: dict, text: str, model_id: str, metadata: dict) -> dict:
+    return {
+        "question_id": q["question_id"],
+        "prompt": q["text"],
+        "text": text,
+        "answer_id": uuid.uuid4().hex,
+        "model_id": model_id,
+        "metadata": metadata,
+    }
+
+
+def load_for_inference(
+    model_path: str, model_base: str | None = None, *, device: str = "cpu", dtype=torch.float32
+):
+    """A full llava-hf checkpoint, or a PEFT adapter directory merged onto its base."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    adapter_cfg = Path(model_path) / "adapter_config.json"
+    if adapter_cfg.exists():
+        from peft import PeftModel
+
+        base = model_base or json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+        model = LlavaForConditionalGeneration.from_pretrained(base, dtype=dtype)
+        model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+    else:
+        model = LlavaForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
+    processor = AutoProcessor.from_pretrained(model_path)
+    processor.image_processor.do_pad = True
+    return model.to(device).eval(), processor
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--model-base", default=None)
+    p.add_argument("--question-file", required=True)
+    p.add_argument("--image-folder", default="")
+    p.add_argument("--answers-file", required=True)
+    p.add_argument("--conv-mode", default="vicuna_v1")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--num-chunks", type=int, default=1)
+    p.add_argument("--chunk-idx", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.0, help="only greedy decoding (0) is supported")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    if args.temperature != 0:
+        raise SystemExit("only greedy decoding is supported (--temperature 0), as in LLaVA-1.5's evaluation")
+    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
+    model, processor = load_for_inference(args.model_path, args.model_base, device=args.device, dtype=dtype)
+    summary = answer_file(
+        model,
+        processor,
+        args.question_file,
+        args.image_folder,
+        args.answers_file,
+        template=args.conv_mode,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        model_id=Path(args.model_path).name,
+        num_chunks=args.num_chunks,
+        chunk_idx=args.chunk_idx,
+    )
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

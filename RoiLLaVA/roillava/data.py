@@ -1,0 +1,205 @@
+"""LLaVA conversation JSON → token ids, labels and pixel values, with loud, located errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .conversation import (
+    IGNORE_INDEX,
+    IMAGE_PLACEHOLDER,
+    RecordError,
+    conversation_segments,
+    get_template,
+    llava_turns,
+    tokenize_segments,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def load_json_records(path: str | Path) -> list[dict]:
+    """A LLaVA JSON list (or JSONL) file; a parse error names the file (and line for JSONL)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: invalid JSON line: {e}") from None
+        return rows
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON: {e}") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return data
+
+
+def open_image(path: Path) -> Image.Image:
+    """RGB image; a missing or unreadable file raises an error naming it."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {path}") from None
+    except OSError as e:
+        raise OSError(f"unreadable image {path}: {e}") from None
+
+
+def image_seq_length(model_config) -> int:
+    """Image tokens per image, from the vision config (never a hard-coded offset)."""
+    vc = model_config.vision_config
+    n = (vc.image_size // vc.patch_size) ** 2
+    return n + (1 if model_config.vision_feature_select_strategy == "full" else 0)
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    images: list[Image.Image]
+    truncated: bool = False
+
+
+def build_example(
+    turns: list[tuple[str, str | None]],
+    images: list[Image.Image],
+    *,
+    tokenizer,
+    template: str,
+    image_token_id: int,
+    image_seq_len: int,
+    max_length: int,
+) -> Example:
+    """Tokenise one conversation; over-long sequences are truncated unless that would break them."""
+    n_placeholders = sum(q.count(IMAGE_PLACEHOLDER) + (a or "").count(IMAGE_PLACEHOLDER) for q, a in turns)
+    if n_placeholders != len(images):
+        raise ValueError(f"{n_placeholders} <image> placeholders but {len(images)} images")
+    segments = conversation_segments(get_template(template), turns)
+    ids, labels = tokenize_segments(segments, tokenizer, image_token_id, image_seq_len)
+    truncated = False
+    if len(ids) > max_length:
+        if image_token_id in ids[max_length:]:
+            raise ValueError(
+                f"sequence of {len(ids)} tokens exceeds model_max_length={max_length} inside image tokens"
+            )
+        ids, labels, truncated = ids[:max_length], labels[:max_length], True
+    if all(label == IGNORE_INDEX for label in labels):
+        raise ValueError(f"no supervised token left (length {len(ids)}, model_max_length={max_length})")
+    return Example(ids, labels, images, truncated)
+
+
+class LazySupervisedDataset(Dataset):
+    """LLaVA instruction/caption records, tokenised on access.
+
+    With `skip_bad_records`, a broken record is counted (and the next good one served in its
+    place) instead of stopping the run; `summary()` reports what was skipped and truncated.
+    """
+
+    def __init__(
+        self,
+        data_path: str,
+        image_folder: str,
+        *,
+        tokenizer,
+        image_processor,
+        model_config,
+        template: str,
+        max_length: int,
+        skip_bad_records: bool = False,
+    ):
+        self.data_path = Path(data_path)
+        self.records = load_json_records(self.data_path)
+        self.image_folder = Path(image_folder)
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.template = template
+        self.max_length = max_length
+        self.skip_bad_records = skip_bad_records
+        self.image_token_id = model_config.image_token_id
+        self.image_seq_len = image_seq_length(model_config)
+        self.stats: Counter = Counter()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def turns_and_images(self, index: int) -> tuple[list[tuple[str, str | None]], list[Image.Image]]:
+        """Hook for variants (Chain-of-Spot) that rewrite a record before tokenisation."""
+        rec = self.records[index]
+        if not isinstance(rec, dict) or "conversations" not in rec:
+            raise ValueError("record has no conversations")
+        turns = llava_turns(rec["conversations"])
+        images = [open_image(self.image_folder / rec["image"])] if "image" in rec else []
+        return turns, images
+
+    def example(self, index: int) -> Example:
+        try:
+            turns, images = self.turns_and_images(index)
+            return build_example(
+                turns,
+                images,
+                tokenizer=self.tokenizer,
+                template=self.template,
+                image_token_id=self.image_token_id,
+                image_seq_len=self.image_seq_len,
+                max_length=self.max_length,
+            )
+        except (ValueError, OSError, KeyError) as e:
+            raise RecordError(f"{self.data_path} record {index}: {e}") from e
+
+    def __getitem__(self, index: int) -> dict:
+        for attempt in range(len(self)):
+            i = (index + attempt) % len(self)
+            try:
+                ex = self.example(i)
+                break
+            except RecordError as e:
+                if not self.skip_bad_records:
+                    raise
+                self.stats["skipped"] += 1
+                logger.warning("skipping bad record: %s", e)
+        else:
+            raise RecordError(f"{self.data_path}: every record is bad")
+        self.stats["truncated"] += ex.truncated
+        item = {"input_ids": torch.tensor(ex.input_ids), "labels": torch.tensor(ex.labels)}
+        if ex.images:
+            item["pixel_values"] = self.image_processor(ex.images, return_tensors="pt")["pixel_values"]
+        return item
+
+    def summary(self) -> dict:
+        return {"records": len(self), "skipped": self.stats["skipped"], "truncated": self.stats["truncated"]}
+
+
+@dataclass
+class DataCollatorForSupervisedDataset:
+    """Right-pads a batch; images of all samples are concatenated in sample order."""
+
+    pad_token_id: int
+
+    def __call__(self, items: list[dict]) -> dict:
+        length = max(len(it["input_ids"]) for it in items)
+        input_ids = torch.full((len(items), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((len(items), length), dtype=torch.long)
+        for row, it in enumerate(items):
+            n = len(it["input_ids"])
+            input_ids[row, :n], labels[row, :n], attention[row, :n] = it["input_ids"], it["labels"], 1
+        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        pixels = [it["pixel_values"] for it in items if "pixel_values" in it]
+        if pixels:
+            batch["pixel_values"] = torch.cat(pixels)
+        return batch

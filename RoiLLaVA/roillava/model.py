@@ -1,0 +1,117 @@
+"""Loading the llava-hf base and choosing what trains: projector, full model, or LoRA."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import LlavaForConditionalGeneration
+from transformers.integrations import is_deepspeed_zero3_enabled
+
+PROJECTOR = "multi_modal_projector"
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def gathered(params, modifier_rank: int | None = None):
+    """Full (un-partitioned) parameters under ZeRO-3; a no-op otherwise."""
+    if not is_deepspeed_zero3_enabled():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=modifier_rank)
+
+
+def find_projector(model: torch.nn.Module) -> torch.nn.Module:
+    """The multimodal projector inside a plain or PEFT-wrapped llava-hf model."""
+    for name, module in model.named_modules():
+        if name.endswith(PROJECTOR):
+            wrapped = getattr(module, "modules_to_save", None)  # peft's ModulesToSaveWrapper
+            return wrapped["default"] if wrapped is not None else module
+    raise ValueError("model has no multi_modal_projector")
+
+
+_ORIGINAL_PROJECTOR_KEYS = {"0": "linear_1", "2": "linear_2"}
+
+
+def projector_state_from_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Projector weights from our `mm_projector.safetensors` or LLaVA's `mm_projector.bin`.
+
+    Accepts `multi_modal_projector.linear_{1,2}.*` (llava-hf) and `model.mm_projector.{0,2}.*`
+    (original LLaVA-1.5), with or without leading `model.` prefixes.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        raw = load_file(path)
+    else:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    out = {}
+    for key, value in raw.items():
+        m = re.search(r"(?:multi_modal_projector|mm_projector)\.(linear_1|linear_2|0|2)\.(weight|bias)$", key)
+        if m is None:
+            raise ValueError(f"{path}: unexpected projector key {key!r}")
+        out[f"{_ORIGINAL_PROJECTOR_KEYS.get(m.group(1), m.group(1))}.{m.group(2)}"] = value
+    return out
+
+
+def load_projector(model: torch.nn.Module, path: str | Path) -> None:
+    projector = find_projector(model)
+    state = projector_state_from_file(path)
+    with gathered(projector.parameters(), modifier_rank=0):
+        missing, unexpected = projector.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path}: projector keys missing {missing}, unexpected {unexpected}")
+
+
+def save_projector(model: torch.nn.Module, path: str | Path) -> None:
+    projector = find_projector(model)
+    with gathered(projector.parameters()):
+        state = {f"{PROJECTOR}.{k}": v.detach().cpu().contiguous() for k, v in projector.state_dict().items()}
+    save_file(state, str(path))
+
+
+def load_base(
+    path: str, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa", bits: int = 16
+):
+    """The llava-hf model; 4/8-bit keeps the vision tower and projector unquantised."""
+    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
+    if bits in (4, 8):
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=bits == 4,
+            load_in_8bit=bits == 8,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_type="nf4",
+            llm_int8_skip_modules=["vision_tower", PROJECTOR, "lm_head"],
+        )
+    return LlavaForConditionalGeneration.from_pretrained(path, **kwargs)
+
+
+def freeze_for_stage(model: LlavaForConditionalGeneration, *, projector_only: bool) -> None:
+    """Projector alignment trains the projector alone; instruction tuning adds the language model.
+
+    The vision tower is always frozen, as in LLaVA-1.5.
+    """
+    for name, p in model.named_parameters():
+        in_projector = f"{PROJECTOR}." in name
+        in_tower = "vision_tower." in name
+        p.requires_grad_(in_projector or (not projector_only and not in_tower))
+
+
+def add_lora(model, *, r: int, alpha: int, dropout: float, modules_to_save: list[str] | None = None):
+    """LoRA on every linear layer of the language model; the projector trains fully and is saved."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        bias="none",
+        target_modules=LORA_TARGETS,
+        modules_to_save=modules_to_save if modules_to_save is not None else [PROJECTOR],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)

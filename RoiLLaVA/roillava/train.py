@@ -1,0 +1,198 @@
+"""LLaVA-1.5 training on the llava-hf model: projector alignment, instruction tuning, LoRA.
+
+Run through `scripts/v1_5/{pretrain,finetune,finetune_lora}.sh`. The HF Trainer does the work
+(DeepSpeed ZeRO-2/3 via `--deepspeed`, gradient checkpointing, resume); the only customisation,
+as in LLaVA's own trainer, is a separate learning rate for the projector (`--mm_projector_lr`).
+A run resumes from the last `checkpoint-*` in `--output_dir` automatically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoProcessor, HfArgumentParser, Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from .data import DataCollatorForSupervisedDataset, LazySupervisedDataset
+from .model import PROJECTOR, add_lora, freeze_for_stage, load_base, load_projector, save_projector
+
+logger = logging.getLogger(__name__)
+TRAIN_CONFIG_FILE = "roillava_train_config.json"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = "llava-hf/llava-1.5-7b-hf"
+    version: str = field(default="v1", metadata={"help": "conversation template: v1 | vicuna_v1 | plain"})
+    tune_mm_mlp_adapter: bool = field(
+        default=False, metadata={"help": "projector alignment: train the projector only"}
+    )
+    pretrain_mm_mlp_adapter: str | None = field(
+        default=None,
+        metadata={"help": "projector weights to start from (mm_projector.safetensors or LLaVA's .bin)"},
+    )
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
+
+
+@dataclass
+class DataArguments:
+    data_path: str = "../playground/data/llava_v1_5_mix665k.json"
+    image_folder: str = "../playground/data"
+    image_aspect_ratio: str = field(
+        default="pad", metadata={"help": "pad (LLaVA-1.5) | square (centre crop)"}
+    )
+    skip_bad_records: bool = field(
+        default=False, metadata={"help": "count and report bad records instead of stopping"}
+    )
+    dry_run: bool = field(
+        default=False, metadata={"help": "tokenise every record, print the summary and exit"}
+    )
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    model_max_length: int = 2048
+    mm_projector_lr: float | None = None
+    lora_enable: bool = False
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    bits: int = field(default=16, metadata={"help": "4 or 8 for QLoRA (GPU + bitsandbytes)"})
+    remove_unused_columns: bool = False
+
+
+class LLaVATrainer(Trainer):
+    """The HF Trainer plus one optimizer group for the projector at `mm_projector_lr`."""
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None or self.args.mm_projector_lr is None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault((PROJECTOR in name, name in decay), []).append(p)
+        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        param_groups = [
+            {
+                "params": params,
+                "weight_decay": self.args.weight_decay if with_decay else 0.0,
+                **({"lr": self.args.mm_projector_lr} if is_projector else {}),
+            }
+            for (is_projector, with_decay), params in groups.items()
+        ]
+        self.optimizer = optimizer_cls(param_groups, **kwargs)
+        return self.optimizer
+
+
+class SaveConfigCallback(TrainerCallback):
+    """Writes the run's typed configuration next to every checkpoint."""
+
+    def __init__(self, config: dict):
+        self.config = config
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                (ckpt / TRAIN_CONFIG_FILE).write_text(json.dumps(self.config, indent=1))
+
+
+def run_config(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> dict:
+    return {"model": asdict(model_args), "data": asdict(data_args), "training": training_args.to_dict()}
+
+
+def build_dataset(cls, model_args, data_args, training_args, processor, model_config, **extra):
+    return cls(
+        data_args.data_path,
+        data_args.image_folder,
+        tokenizer=processor.tokenizer,
+        image_processor=processor.image_processor,
+        model_config=model_config,
+        template=model_args.version,
+        max_length=training_args.model_max_length,
+        skip_bad_records=data_args.skip_bad_records,
+        **extra,
+    )
+
+
+def load_processor(model_args: ModelArguments, data_args: DataArguments):
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
+    if data_args.image_aspect_ratio not in ("pad", "square"):
+        raise ValueError(f"--image_aspect_ratio must be pad or square, got {data_args.image_aspect_ratio!r}")
+    # llava-hf ships do_pad=False (centre crop); LLaVA-1.5 was trained on padded images.
+    processor.image_processor.do_pad = data_args.image_aspect_ratio == "pad"
+    return processor
+
+
+def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, dataset_kwargs=None) -> None:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
+    processor = load_processor(model_args, data_args)
+    dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    model = load_base(
+        model_args.model_name_or_path,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        bits=training_args.bits,
+    )
+    model.config.use_cache = False
+    dataset = build_dataset(
+        dataset_cls, model_args, data_args, training_args, processor, model.config, **(dataset_kwargs or {})
+    )
+    if data_args.dry_run:
+        for i in range(len(dataset)):
+            dataset[i]
+        print(json.dumps(dataset.summary()))
+        return
+    if model_args.pretrain_mm_mlp_adapter:
+        load_projector(model, model_args.pretrain_mm_mlp_adapter)
+    freeze_for_stage(model, projector_only=model_args.tune_mm_mlp_adapter)
+    if training_args.activation_checkpointing:
+        model.enable_input_require_grads()
+    if training_args.lora_enable:
+        model = add_lora(
+            model, r=training_args.lora_r, alpha=training_args.lora_alpha, dropout=training_args.lora_dropout
+        )
+
+    config = run_config(model_args, data_args, training_args)
+    trainer = LLaVATrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=DataCollatorForSupervisedDataset(processor.tokenizer.pad_token_id),
+        callbacks=[SaveConfigCallback(config)],
+    )
+    last = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+    if last:
+        logger.info("resuming from %s", last)
+    trainer.train(resume_from_checkpoint=last)
+    trainer.save_state()
+
+    out = Path(training_args.output_dir)
+    if model_args.tune_mm_mlp_adapter:
+        if trainer.is_world_process_zero():
+            out.mkdir(parents=True, exist_ok=True)
+        save_projector(model, out / "mm_projector.safetensors")
+    else:
+        trainer.save_model(str(out))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(out)
+        (out / TRAIN_CONFIG_FILE).write_text(json.dumps(config, indent=1))
+        summary = dataset.summary()
+        (out / "data_summary.json").write_text(json.dumps(summary))
+        print(f"data summary: {json.dumps(summary)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    train()

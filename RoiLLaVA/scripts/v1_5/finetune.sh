@@ -1,0 +1,36 @@
+#!/bin/bash
+# LLaVA-1.5 stage 2, visual instruction tuning: full language model + projector (vision tower frozen).
+# Defaults are LLaVA-1.5's 8-GPU recipe; override any setting from the environment (see pretrain.sh).
+# PROJECTOR: the stage-1 mm_projector to start from (leave empty when the base already has one).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/launch.sh
+
+launch train.py \
+    --deepspeed "${DS_CONFIG:-./scripts/zero3.json}" \
+    --model_name_or_path "${MODEL:-llava-hf/llava-1.5-7b-hf}" \
+    ${PROJECTOR:+--pretrain_mm_mlp_adapter "$PROJECTOR"} \
+    --version "${VERSION:-v1}" \
+    --data_path "${DATA_PATH:-../playground/data/llava_v1_5_mix665k.json}" \
+    --image_folder "${IMAGE_FOLDER:-../playground/data}" \
+    --image_aspect_ratio pad \
+    --bf16 "${BF16:-True}" \
+    --output_dir "${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b}" \
+    --num_train_epochs "${EPOCHS:-1}" \
+    --max_steps "${MAX_STEPS:--1}" \
+    --per_device_train_batch_size "${BATCH:-16}" \
+    --gradient_accumulation_steps "${GRAD_ACC:-1}" \
+    --save_strategy steps \
+    --save_steps "${SAVE_STEPS:-50000}" \
+    --save_total_limit 1 \
+    --learning_rate "${LR:-2e-5}" \
+    --weight_decay 0. \
+    --warmup_steps 0.03 \
+    --lr_scheduler_type cosine \
+    --logging_steps "${LOG_STEPS:-1}" \
+    --model_max_length "${MAX_LEN:-2048}" \
+    --activation_checkpointing "${GRAD_CKPT:-True}" \
+    --dataloader_num_workers "${WORKERS:-4}" \
+    --seed "${SEED:-42}" \
+    --report_to "${REPORT_TO:-none}" \
+    ${EXTRA_ARGS:-}

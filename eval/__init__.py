@@ -1,0 +1,1 @@
+"""Benchmark evaluation helpers (metrics matching the official reference evaluators)."""

@@ -1,0 +1,21 @@
+"""Procedurally generated visual world in which small objects need a closer look."""
+
+from .scene import COLORS, SHAPES, Scene, Target, make_scene
+from .world import (
+    MISSING_OBJECTS_PREFIX,
+    SEG_CLASSES,
+    SHORT_ANSWER_SUFFIX,
+    Question,
+    WorldSize,
+    color_question,
+    generate,
+    missing_objects_answer,
+    roi_params,
+    shape_question,
+)
+
+__all__ = [
+    "COLORS", "MISSING_OBJECTS_PREFIX", "SEG_CLASSES", "SHAPES", "SHORT_ANSWER_SUFFIX", "Question", "Scene",
+    "Target", "WorldSize", "color_question", "generate", "make_scene", "missing_objects_answer", "roi_params",
+    "shape_question",
+]  # fmt: skip

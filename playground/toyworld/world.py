@@ -1,0 +1,330 @@
+"""Questions, regions of interest and every data format the real pipelines read.
+
+`generate()` writes, from one seed, the same files the real projects consume:
+LLaVA instruction JSON, an LCS-558K-style caption JSON, the Chain-of-Spot ROI JSON, SEAL records,
+LLaVA eval question JSONL, a V*Bench-style folder, ReasonSeg-style polygons and ADE20K-style
+label PNGs. Each scene is seeded by (seed, split, index), so a file never depends on how many
+other files were asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import asdict, dataclass
+from functools import partial
+from multiprocessing import Pool
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .scene import COLORS, SHAPES, Scene, Target, make_scene
+
+SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
+MISSING_OBJECTS_PREFIX = "Sorry, I can not answer the question. Some visual information about the following objects is missing or unclear:"
+ROI_GRID = 8  # ROI squares snap to 1/8 of the padded side: small, exact label vocabulary
+SEG_CLASSES = ("background", "clutter", *(f"{c} object" for c in COLORS))
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str  # without the short-answer suffix
+    answer: str
+    kind: str  # "shape" | "color" | "position"
+    difficulty: str  # "easy" | "hard"
+
+
+def shape_question(t: Target) -> Question:
+    # Shape survives the 112 px global view only for large targets.
+    return Question(
+        f"What shape is the {t.color} object?", t.shape, "shape", "hard" if t.size == "small" else "easy"
+    )
+
+
+def color_question(t: Target) -> Question:
+    # Colour survives downsampling at every target size, so it is always easy.
+    return Question(f"What color is the {t.shape}?", t.color, "color", "easy")
+
+
+def position_answer(t: Target, width: int) -> str:
+    x, _, w, _ = t.bbox
+    return "left" if x + w / 2 < width / 2 else "right"
+
+
+def missing_objects_answer(names: list[str]) -> str:
+    """SEAL's exact sentence, which the switch adapter emits when it needs System 2."""
+    return f"{MISSING_OBJECTS_PREFIX} {', '.join(names)}."
+
+
+def roi_params(bbox: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int]:
+    """Chain-of-Spot `[top, left, side]` (original pixels) of a square ROI around `bbox`.
+
+    The square is the smallest grid-aligned one (grid = padded side / ROI_GRID) that holds the
+    box and stays inside the image content, so its normalised corners are short decimals.
+    """
+    side_pad = max(width, height)
+    ox, oy = (side_pad - width) // 2, (side_pad - height) // 2
+    x0, y0 = bbox[0] + ox, bbox[1] + oy
+    x1, y1 = x0 + bbox[2], y0 + bbox[3]
+    grid = side_pad / ROI_GRID
+
+    def aligned_start(lo: float, hi: float, side: float, c_lo: float, c_hi: float) -> float | None:
+        best = None
+        for k in range(ROI_GRID + 1):
+            start = k * grid
+            if start <= lo and start + side >= hi and start >= c_lo - 1e-6 and start + side <= c_hi + 1e-6:
+                centre_err = abs(start + side / 2 - (lo + hi) / 2)
+                if best is None or centre_err < best[0]:
+                    best = (centre_err, start)
+        return None if best is None else best[1]
+
+    for cells in range(2, ROI_GRID + 1):
+        side = cells * grid
+        left = aligned_start(x0, x1, side, ox, ox + width)
+        top = aligned_start(y0, y1, side, oy, oy + height)
+        if left is not None and top is not None:
+            return round(top) - oy, round(left) - ox, round(side)
+    raise ValueError(f"no ROI square fits bbox {bbox} in a {width}x{height} image")
+
+
+def mask_polygons(mask: np.ndarray) -> list[list[list[int]]]:
+    """Outer contours of a binary mask as ReasonSeg/labelme point lists."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [c.reshape(-1, 2).tolist() for c in contours if len(c) >= 3]
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+
+
+def _scene(seed: int, split: str, index: int, size: str | None = None) -> Scene:
+    return make_scene(random.Random(f"{seed}-{split}-{index}"), size=size)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1))
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@dataclass(frozen=True)
+class WorldSize:
+    train: int = 4000
+    val: int = 400
+    vstar: int = 200
+    seg_train: int = 1500
+    seg_val: int = 200
+
+
+def generate(playground: Path, dataset: Path, *, seed: int = 0, size: WorldSize = WorldSize()) -> dict:
+    """Write the whole toy world; returns a summary with the file paths and counts."""
+    toy = playground / "data" / "toy"
+    img_root = toy / "images"
+    instruct, captions, cos_rois = [], [], {}
+    seal_direct, seal_focus, seal_negative = [], [], []
+
+    with Pool(min(2, os.cpu_count() or 1)) as pool:
+        items = pool.map(partial(_train_item, seed, img_root), range(size.train), chunksize=64)
+    for i, (record, caption, rois, direct, focus, negative) in enumerate(items):
+        for k, params in enumerate(rois):
+            cos_rois[f"{i:06d}_{record['id'].replace('/', '_')}_q{k}"] = {"params": params}
+        instruct.append(record)
+        captions.append(caption)
+        seal_direct.append(direct)
+        if focus is not None:
+            seal_focus.append(focus)
+            seal_negative.append(negative)
+
+    _write_json(toy / "llava_toy_instruct.json", instruct)
+    _write_json(toy / "blip_laion_cc_sbu_toy.json", captions)
+    _write_json(toy / "chain-of-spot.json", cos_rois)
+    _write_json(toy / "seal" / "toy_direct_data.json", seal_direct)
+    _write_json(toy / "seal" / "toy_focus_data.json", seal_focus)
+    _write_json(toy / "seal" / "toy_negative_data.json", seal_negative)
+
+    val_rows, val_ann = _write_val(seed, size.val, img_root)
+    eval_dir = playground / "data" / "eval" / "toy"
+    _write_jsonl(eval_dir / "llava_toy_val.jsonl", val_rows)
+    _write_json(eval_dir / "toy_val_annotations.json", val_ann)
+    n_vstar = _write_vstar(seed, size.vstar, playground / "data" / "eval" / "vstar_toy")
+    n_seg = _write_seg(seed, size, dataset)
+    return {
+        "train_records": len(instruct),
+        "val_questions": len(val_rows),
+        "val_hard": sum(a["difficulty"] == "hard" for a in val_ann.values()),
+        "vstar_questions": n_vstar,
+        "seg": n_seg,
+    }
+
+
+def _train_item(seed: int, img_root: Path, i: int) -> tuple:
+    """One training scene in every training format (runs in a worker process)."""
+    scene = _scene(seed, "train", i)
+    t, (width, height) = scene.target, scene.image.size
+    rel = f"train/{i:06d}.jpg"
+    _save_image(scene.image, img_root / rel)
+    rng = random.Random(f"{seed}-train-q-{i}")
+    questions = [shape_question(t), color_question(t)]
+    rng.shuffle(questions)
+    convs = []
+    for k, q in enumerate(questions):
+        convs.append(
+            {"from": "human", "value": ("<image>\n" if k == 0 else "") + q.text + SHORT_ANSWER_SUFFIX}
+        )
+        convs.append({"from": "gpt", "value": q.answer})
+    rois = [list(roi_params(t.bbox, width, height)) for _ in questions]
+    record = {"id": f"toy_{i:06d}", "image": rel, "conversations": convs}
+    caption = {
+        "id": record["id"],
+        "image": rel,
+        "conversations": [
+            {"from": "human", "value": "<image>\nRender a clear and concise summary of the photo."},
+            {"from": "gpt", "value": f"a {t.size} {t.color} {t.shape} among grey clutter"},
+        ],
+    }
+    direct = _seal_record(rel, color_question(t), None)
+    shape_q = shape_question(t)
+    focus = negative = None
+    if shape_q.difficulty == "hard":
+        focus = _seal_record(rel, shape_q, t)
+        negative = {
+            "image": rel,
+            "conversations": [
+                {"from": "human", "value": "<image>\n" + shape_q.text + SHORT_ANSWER_SUFFIX},
+                {"from": "gpt", "value": missing_objects_answer([t.name])},
+            ],
+            "target_instances": [{"name": t.name, "bbox": list(t.bbox)}],
+        }
+    else:
+        direct = _seal_record(rel, shape_q, None)
+    return record, caption, rois, direct, focus, negative
+
+
+def _save_image(img: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, quality=95)
+
+
+def _seal_record(rel: str, q: Question, evidence: Target | None) -> dict:
+    """A SEAL VQA record; with `evidence` the question carries an `<object>` focus prefix."""
+    prefix = "Additional visual information to focus on: <object>.\n" if evidence else ""
+    rec = {
+        "image": rel,
+        "conversations": [
+            {"from": "human", "value": "<image>\n" + prefix + q.text + SHORT_ANSWER_SUFFIX},
+            {"from": "gpt", "value": q.answer},
+        ],
+    }
+    if evidence is not None:
+        rec["search"] = True
+        rec["target_instances"] = [{"name": evidence.name, "bbox": list(evidence.bbox)}]
+    return rec
+
+
+def _write_val(seed: int, n: int, img_root: Path) -> tuple[list[dict], dict]:
+    rows, ann = [], {}
+    for i in range(n):
+        scene = _scene(seed, "val", i)
+        t, (width, height) = scene.target, scene.image.size
+        rel = f"val/{i:06d}.jpg"
+        _save_image(scene.image, img_root / rel)
+        q = shape_question(t) if random.Random(f"{seed}-val-q-{i}").random() < 0.7 else color_question(t)
+        qid = f"toy_val_{i:06d}"
+        rows.append(
+            {"question_id": qid, "image": rel, "text": q.text + SHORT_ANSWER_SUFFIX, "category": q.kind}
+        )
+        ann[qid] = {
+            **asdict(q),
+            "question": q.text,
+            "image_size": [width, height],
+            "target": {
+                "name": t.name,
+                "shape": t.shape,
+                "color": t.color,
+                "size": t.size,
+                "bbox": list(t.bbox),
+            },
+            "roi_params": list(roi_params(t.bbox, width, height)),
+            "mask_rle": mask_to_rle(scene.mask),
+        }
+    return rows, ann
+
+
+def _write_vstar(seed: int, n: int, root: Path) -> int:
+    """V*Bench layout: `<category>/<stem>.jpg` + `<stem>.json`, options[0] correct."""
+    for i in range(n):
+        rng = random.Random(f"{seed}-vstar-q-{i}")
+        scene = _scene(seed, "vstar", i, size="small" if rng.random() < 0.3 else "large")
+        t = scene.target
+        roll = rng.random()
+        if roll < 0.7 or t.size == "small":
+            q, pool = (
+                (shape_question(t), SHAPES)
+                if roll < 0.85 or t.size == "small"
+                else (color_question(t), tuple(COLORS))
+            )
+            others = [o for o in pool if o != q.answer]
+            options, category = [q.answer, *rng.sample(others, 3)], "direct_attributes"
+            question = q.text
+        else:
+            answer = position_answer(t, scene.image.size[0])
+            options, category = [answer, "right" if answer == "left" else "left"], "relative_position"
+            question = f"Is the {t.color} object on the left or right side of the image?"
+        stem = f"toy_{i:04d}"
+        _save_image(scene.image, root / category / f"{stem}.jpg")
+        _write_json(
+            root / category / f"{stem}.json",
+            {"target_object": [t.name], "bbox": [list(t.bbox)], "question": question, "options": options},
+        )
+    return n
+
+
+def _reason_seg_item(seed: int, root: Path, split: str, i: int) -> None:
+    scene = _scene(seed, f"seg-{split}", i)
+    t = scene.target
+    stem = f"toy_{split}_{i:06d}"
+    _save_image(scene.image, root / split / f"{stem}.jpg")
+    shapes = [{"label": "target", "points": p} for p in mask_polygons(scene.mask)]
+    _write_json(
+        root / split / f"{stem}.json",
+        {"text": [f"the {t.color} object"], "is_sentence": False, "shapes": shapes, "target_size": t.size},
+    )
+
+
+def _ade_item(seed: int, ade: Path, i: int) -> None:
+    scene = _scene(seed, "ade", i)
+    label = np.full(scene.mask.shape, 1 + SEG_CLASSES.index("background"), dtype=np.uint8)
+    label[scene.clutter_mask > 0] = 1 + SEG_CLASSES.index("clutter")
+    label[scene.mask > 0] = 1 + SEG_CLASSES.index(scene.target.name)
+    _save_image(scene.image, ade / "images" / "training" / f"ADE_train_{i:08d}.jpg")
+    (ade / "annotations" / "training").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(label).save(ade / "annotations" / "training" / f"ADE_train_{i:08d}.png")
+
+
+def _write_seg(seed: int, size: WorldSize, dataset: Path) -> dict:
+    """ReasonSeg-style polygons (train/val) and ADE20K-style label PNGs (train).
+
+    ADE20K convention: label 0 is "unlabelled" (ignored), class k of `classes.json` is stored as k + 1.
+    """
+    rs = dataset / "reason_seg" / "ReasonSeg"
+    ade = dataset / "ade20k"
+    with Pool(min(2, os.cpu_count() or 1)) as pool:
+        for split, n in (("train", size.seg_train), ("val", size.seg_val)):
+            pool.map(partial(_reason_seg_item, seed, rs, split), range(n), chunksize=32)
+        pool.map(partial(_ade_item, seed, ade), range(size.seg_train), chunksize=32)
+    _write_json(ade / "classes.json", list(SEG_CLASSES))
+    return {
+        "reason_seg_train": size.seg_train,
+        "reason_seg_val": size.seg_val,
+        "ade20k_train": size.seg_train,
+    }

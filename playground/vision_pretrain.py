@@ -1,0 +1,190 @@
+"""A stand-in for CLIP pretraining: teach the tiny vision tower what a patch shows.
+
+Real LLaVA starts from a pretrained CLIP; a tower trained from scratch inside LLaVA does not
+learn to see in minutes on a CPU. So the tower is first trained on dense per-patch labels
+(the target's colour, its shape when it is big enough to be read, and its size class) over
+global views and zoomed crops, then frozen. The result is a `CLIPVisionModel` directory that
+`tiny_base.py --vision-tower` drops into the tiny LLaVA.
+
+    python -m playground.vision_pretrain --out playground/tiny_tower --steps 1500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from .tiny_base import CLIP_MEAN, CLIP_STD, TinyBaseConfig, vision_config
+from .toyworld import COLORS, SHAPES, make_scene
+
+MIN_READABLE_SIDE = 10  # px at model resolution: below this a shape is not labelled
+
+
+@dataclass
+class View:
+    pixels: np.ndarray  # float32 [3, S, S], CLIP-normalised
+    colour: np.ndarray  # int64 [G*G]: 0 = none, 1.. = colour
+    shape: np.ndarray  # int64 [G*G]: 0 = none, 1.. = shape, -100 = unreadable
+    size: np.ndarray  # int64 [G*G]: 0 = none, 1 = unreadable, 2 = readable
+
+
+def _scene_arrays(index: int) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    scene = make_scene(random.Random(f"tower-{index}"))
+    t = scene.target
+    return (
+        np.asarray(scene.image),
+        scene.mask,
+        list(COLORS).index(t.color) + 1,
+        SHAPES.index(t.shape) + 1,
+        max(t.bbox[2], t.bbox[3]),
+    )
+
+
+def _pad_square(arr: np.ndarray, fill) -> np.ndarray:
+    h, w = arr.shape[:2]
+    side = max(h, w)
+    out = np.empty((side, side, *arr.shape[2:]), dtype=arr.dtype)
+    out[...] = fill
+    oy, ox = (side - h) // 2, (side - w) // 2
+    out[oy : oy + h, ox : ox + w] = arr
+    return out
+
+
+def make_view(scene: tuple, rng: random.Random, image_size: int, patch: int) -> View:
+    """A global view (as LLaVA sees it) or a zoomed crop (as the ROI stage shows it)."""
+    rgb, mask, colour, shape, obj_side = scene
+    mean_rgb = tuple(int(255 * m) for m in CLIP_MEAN)
+    rgb, mask = _pad_square(rgb, mean_rgb), _pad_square(mask, 0)
+    side = rgb.shape[0]
+    if rng.random() < 0.6:
+        x0 = y0 = 0
+        crop = side
+    else:
+        crop = rng.randint(max(64, obj_side + 8), side // 2)
+        ys, xs = np.nonzero(mask)
+        cx, cy = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
+        if rng.random() < 0.15:  # a crop that may miss the target
+            cx, cy = rng.uniform(0, side), rng.uniform(0, side)
+        x0 = int(np.clip(cx - rng.uniform(0.2, 0.8) * crop, 0, side - crop))
+        y0 = int(np.clip(cy - rng.uniform(0.2, 0.8) * crop, 0, side - crop))
+    img = Image.fromarray(rgb[y0 : y0 + crop, x0 : x0 + crop]).resize((image_size, image_size), Image.BICUBIC)
+    m = Image.fromarray(mask[y0 : y0 + crop, x0 : x0 + crop] * 255).resize(
+        (image_size, image_size), Image.BOX
+    )
+    pixels = (np.asarray(img, dtype=np.float32) / 255 - CLIP_MEAN) / CLIP_STD
+    grid = image_size // patch
+    cover = (
+        (np.asarray(m, dtype=np.float32) / 255)
+        .reshape(grid, patch, grid, patch)
+        .mean(axis=(1, 3))
+        .reshape(-1)
+    )
+    present = cover > 0.01
+    readable = obj_side * image_size / crop >= MIN_READABLE_SIDE
+    colour_lbl = np.where(present, colour, 0)
+    shape_lbl = np.where(present, shape if readable else -100, 0)
+    size_lbl = np.where(present, 2 if readable else 1, 0)
+    return View(pixels.transpose(2, 0, 1).astype(np.float32), colour_lbl, shape_lbl, size_lbl)
+
+
+class PatchHeads(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.colour = nn.Linear(hidden, len(COLORS) + 1)
+        self.shape = nn.Linear(hidden, len(SHAPES) + 1)
+        self.size = nn.Linear(hidden, 3)
+
+
+@torch.no_grad()
+def evaluate_tower(tower, heads: PatchHeads, *, scenes: int = 200, seed: int = 1) -> dict:
+    """Patch accuracy of each head on held-out views, over the patches the target covers."""
+    cfg = TinyBaseConfig()
+    rng = random.Random(seed)
+    bank = [_scene_arrays(10_000_000 + i) for i in range(scenes)]
+    views = [make_view(scene, rng, cfg.image_size, cfg.patch_size) for scene in bank]
+    feats = tower(
+        pixel_values=torch.from_numpy(np.stack([v.pixels for v in views])), output_hidden_states=True
+    )
+    feats = feats.hidden_states[-2][:, 1:]
+    result = {}
+    for name in ("colour", "shape", "size"):
+        labels = torch.from_numpy(np.stack([getattr(v, name) for v in views]))
+        pred = getattr(heads, name)(feats).argmax(-1)
+        on_target = labels > 0
+        result[f"{name}_acc_on_target"] = round((pred == labels)[on_target].float().mean().item(), 3)
+    return result
+
+
+def pretrain_tower(out: Path, *, steps: int, scenes: int, batch: int, lr: float, seed: int = 0) -> dict:
+    from transformers import CLIPVisionModel
+
+    cfg = TinyBaseConfig()
+    torch.manual_seed(seed)
+    tower = CLIPVisionModel(vision_config(cfg))
+    heads = PatchHeads(cfg.vision_hidden)
+    opt = torch.optim.AdamW([*tower.parameters(), *heads.parameters()], lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    start = time.perf_counter()
+    with Pool(2) as pool:
+        bank = pool.map(_scene_arrays, range(scenes), chunksize=32)
+    print(f"{scenes} scenes in {time.perf_counter() - start:.0f}s", flush=True)
+    rng = random.Random(seed)
+    log = {}
+    for step in range(steps):
+        views = [
+            make_view(bank[rng.randrange(scenes)], rng, cfg.image_size, cfg.patch_size) for _ in range(batch)
+        ]
+        pixels = torch.from_numpy(np.stack([v.pixels for v in views]))
+        feats = tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+        labels = {
+            name: torch.from_numpy(np.stack([getattr(v, name) for v in views]))
+            for name in ("colour", "shape", "size")
+        }
+        # Presence (size head) and colour over every patch; shape only where the target is, so the
+        # many empty patches do not drown the signal that matters.
+        shape_labels = labels["shape"].masked_fill(labels["size"] == 0, -100)
+        losses = {
+            "colour": F.cross_entropy(heads.colour(feats).flatten(0, 1), labels["colour"].reshape(-1)),
+            "shape": F.cross_entropy(heads.shape(feats).flatten(0, 1), shape_labels.reshape(-1)),
+            "size": F.cross_entropy(heads.size(feats).flatten(0, 1), labels["size"].reshape(-1)),
+        }
+        loss = sum(losses.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log = {k: round(v.item(), 3) for k, v in losses.items()}
+            print(f"step {step} {log} {time.perf_counter() - start:.0f}s", flush=True)
+    tower.save_pretrained(out)
+    torch.save(heads.state_dict(), out / "patch_heads.pt")
+    log.update(evaluate_tower(tower, heads))
+    (out / "pretrain_metrics.json").write_text(json.dumps(log, indent=1))
+    print(log)
+    return log
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("playground/tiny_tower"))
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--scenes", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    args = p.parse_args()
+    pretrain_tower(args.out, steps=args.steps, scenes=args.scenes, batch=args.batch, lr=args.lr)
+
+
+if __name__ == "__main__":
+    main()

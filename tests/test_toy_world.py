@@ -1,0 +1,117 @@
+"""The toy world is deterministic and every file it writes is in the real format."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from playground.toyworld import SHAPES, WorldSize, generate, make_scene, roi_params
+from playground.toyworld.world import MISSING_OBJECTS_PREFIX
+from roillava.boxes import cos_box_from_params
+
+
+def test_same_seed_same_world(tmp_path, toy_world):
+    size = WorldSize(train=6, val=4, vstar=3, seg_train=2, seg_val=2)
+    a = generate(tmp_path / "a" / "playground", tmp_path / "a" / "dataset", seed=0, size=size)
+    b = generate(tmp_path / "b" / "playground", tmp_path / "b" / "dataset", seed=0, size=size)
+    assert a == b
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    assert files_a == files_b and len(files_a) > 30
+    for rel in files_a:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    # A scene depends on (seed, split, index) only, not on how many were generated.
+    first = json.loads((toy_world["playground"] / "data/toy/llava_toy_instruct.json").read_text())[:6]
+    assert first == json.loads((tmp_path / "a/playground/data/toy/llava_toy_instruct.json").read_text())
+    c = generate(tmp_path / "c" / "playground", tmp_path / "c" / "dataset", seed=1, size=size)
+    assert (tmp_path / "c/playground/data/toy/llava_toy_instruct.json").read_text() != (
+        tmp_path / "a/playground/data/toy/llava_toy_instruct.json"
+    ).read_text()
+    del c
+
+
+def test_scene_sizes_and_masks():
+    sizes = set()
+    for i in range(30):
+        scene = make_scene(random.Random(i))
+        t = scene.target
+        sizes.add(scene.image.size)
+        x, y, w, h = t.bbox
+        assert scene.mask.shape == (scene.image.height, scene.image.width)
+        ys, xs = np.nonzero(scene.mask)
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x, y, x + w, y + h)
+        lo, hi = (64, 128) if t.size == "large" else (12, 24)
+        assert lo - 2 <= max(w, h) <= hi + 2
+        assert t.shape in SHAPES
+    assert sizes == {(448, 336), (336, 448), (448, 448)}
+
+
+def test_roi_params_cover_the_target_on_the_grid():
+    for i in range(40):
+        scene = make_scene(random.Random(100 + i))
+        w, h = scene.image.size
+        x, y, bw, bh = scene.target.bbox
+        top, left, side = roi_params(scene.target.bbox, w, h)
+        assert left <= x and top <= y and left + side >= x + bw and top + side >= y + bh
+        box = cos_box_from_params([top, left, side], w, h)
+        assert all(abs(v * 8 - round(v * 8)) < 1e-9 for v in box), box  # on the 1/8 grid
+        assert box[2] - box[0] <= 0.5 + 1e-9
+
+
+def test_formats(toy_world):
+    pg, ds, size = toy_world["playground"], toy_world["dataset"], toy_world["size"]
+    toy = pg / "data" / "toy"
+    instruct = json.loads((toy / "llava_toy_instruct.json").read_text())
+    assert len(instruct) == size.train
+    for rec in instruct:
+        assert rec["conversations"][0]["value"].startswith("<image>\n")
+        assert (toy / "images" / rec["image"]).is_file()
+    captions = json.loads((toy / "blip_laion_cc_sbu_toy.json").read_text())
+    assert captions[0]["image"] == instruct[0]["image"]
+    rois = json.loads((toy / "chain-of-spot.json").read_text())
+    assert len(rois) == 2 * size.train
+    assert f"000003_{instruct[3]['id']}_q1" in rois and len(rois["000003_toy_000003_q1"]["params"]) == 3
+
+    negatives = json.loads((toy / "seal" / "toy_negative_data.json").read_text())
+    focus = json.loads((toy / "seal" / "toy_focus_data.json").read_text())
+    assert len(negatives) == len(focus) > 0
+    for rec in negatives:
+        assert (
+            rec["conversations"][1]["value"]
+            == f"{MISSING_OBJECTS_PREFIX} {rec['target_instances'][0]['name']}."
+        )
+    for rec in focus:
+        n_obj = sum(c["value"].count("<object>") for c in rec["conversations"])
+        assert n_obj == len(rec["target_instances"]) == 1 and "search" in rec
+
+    questions = [
+        json.loads(line) for line in (pg / "data/eval/toy/llava_toy_val.jsonl").read_text().splitlines()
+    ]
+    ann = json.loads((pg / "data/eval/toy/toy_val_annotations.json").read_text())
+    assert [q["question_id"] for q in questions] == list(ann)
+    assert {a["difficulty"] for a in ann.values()} <= {"easy", "hard"}
+
+    vstar = sorted((pg / "data/eval/vstar_toy").rglob("*.json"))
+    assert len(vstar) == size.vstar
+    for path in vstar:
+        item = json.loads(path.read_text())
+        assert len(set(item["options"])) == len(item["options"]) >= 2 and path.with_suffix(".jpg").is_file()
+
+    for split in ("train", "val"):
+        for path in (ds / "reason_seg/ReasonSeg" / split).glob("*.json"):
+            item = json.loads(path.read_text())
+            assert item["text"] and item["shapes"] and all(len(s["points"]) >= 3 for s in item["shapes"])
+    classes = json.loads((ds / "ade20k/classes.json").read_text())
+    for png in (ds / "ade20k/annotations/training").glob("*.png"):
+        label = np.asarray(Image.open(png))
+        jpg = ds / "ade20k/images/training" / png.with_suffix(".jpg").name
+        assert label.shape[::-1] == Image.open(jpg).size
+        assert label.min() >= 1 and label.max() <= len(classes)
+
+
+@pytest.mark.parametrize("bad", [(0, 0, 500, 10)])
+def test_roi_params_rejects_boxes_that_do_not_fit(bad):
+    with pytest.raises(ValueError, match="no ROI square"):
+        roi_params(bad, 448, 336)
