@@ -67,7 +67,7 @@ def make_view(scene: tuple, rng: random.Random, image_size: int, patch: int) -> 
     mean_rgb = tuple(int(255 * m) for m in CLIP_MEAN)
     rgb, mask = _pad_square(rgb, mean_rgb), _pad_square(mask, 0)
     side = rgb.shape[0]
-    if rng.random() < 0.6:
+    if rng.random() < 0.5:
         x0 = y0 = 0
         crop = side
     else:
@@ -164,7 +164,7 @@ def pretrain_tower(out: Path, *, steps: int, scenes: int, batch: int, lr: float,
         loss.backward()
         opt.step()
         sched.step()
-        if step % 100 == 0 or step == steps - 1:
+        if step % 250 == 0 or step == steps - 1:
             log = {k: round(v.item(), 3) for k, v in losses.items()}
             print(f"step {step} {log} {time.perf_counter() - start:.0f}s", flush=True)
     tower.save_pretrained(out)

@@ -198,15 +198,19 @@ def load_for_inference(
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     adapter_cfg = Path(model_path) / "adapter_config.json"
+    processor_source = model_path
     if adapter_cfg.exists():
         from peft import PeftModel
 
         base = model_base or json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
         model = LlavaForConditionalGeneration.from_pretrained(base, dtype=dtype)
         model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+        # Intermediate checkpoints hold the adapter only; the final one also holds the processor.
+        if not (Path(model_path) / "processor_config.json").exists():
+            processor_source = base
     else:
         model = LlavaForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
-    processor = AutoProcessor.from_pretrained(model_path)
+    processor = AutoProcessor.from_pretrained(processor_source)
     processor.image_processor.do_pad = True
     return model.to(device).eval(), processor
 
