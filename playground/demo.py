@@ -58,13 +58,20 @@ def run_stage(name: str, fn: Callable[[], dict | None], timings: dict) -> dict |
 
 
 def sh(script: str, cwd: Path, env: dict[str, str], log: Path) -> None:
-    """Run one of the project's shell scripts as a user would, logging to `log`."""
+    """Run one of the project's shell scripts as a user would; its output goes to the console and `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **TOY_ENV, **env, "PYTHONUNBUFFERED": "1"}
-    with log.open("w") as f:
-        proc = subprocess.run(["bash", script], cwd=cwd, env=full_env, stdout=f, stderr=subprocess.STDOUT)
+    with log.open("wb") as f:
+        proc = subprocess.Popen(
+            ["bash", script], cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        for chunk in iter(lambda: proc.stdout.read1(4096), b""):
+            f.write(chunk)
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+        proc.wait()
     if proc.returncode:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
         raise SystemExit(f"[demo] {script} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
 
 

@@ -32,7 +32,7 @@ from transformers import (
     SamModel,
 )
 
-from .toyworld import COLORS, MISSING_OBJECTS_PREFIX, SEG_CLASSES, SHAPES, SHORT_ANSWER_SUFFIX
+from .toyworld import COLORS, MISSING_OBJECTS_PREFIX, PATTERNS, SEG_CLASSES, SHAPES, SHORT_ANSWER_SUFFIX
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -79,6 +79,12 @@ def toy_corpus() -> list[str]:
         "The assistant gives helpful, detailed, and polite answers to the human's questions.",
     ]
     lines = list(systems) + ["USER: ASSISTANT:", SHORT_ANSWER_SUFFIX.strip()]
+    for color, pattern in itertools.product(COLORS, PATTERNS):
+        lines += [
+            f"What pattern is on the {color} object? {pattern}",
+            f'To answer the question: "What pattern is on the {color} object?", where is the region of interest in the image?',
+            f"a large {color} star, {pattern}, among grey clutter",
+        ]
     for shape, color in itertools.product(SHAPES, COLORS):
         lines += [
             f"What shape is the {color} object? {shape}",

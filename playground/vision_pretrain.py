@@ -2,7 +2,7 @@
 
 Real LLaVA starts from a pretrained CLIP; a tower trained from scratch inside LLaVA does not
 learn to see in minutes on a CPU. So the tower is first trained on dense per-patch labels
-(the target's colour, its shape when it is big enough to be read, and its size class) over
+(the target's colour, its pattern when it is big enough to be read, and its size class) over
 global views and zoomed crops, then frozen. The result is a `CLIPVisionModel` directory that
 `tiny_base.py --vision-tower` drops into the tiny LLaVA.
 
@@ -26,16 +26,16 @@ from PIL import Image
 from torch import nn
 
 from .tiny_base import CLIP_MEAN, CLIP_STD, TinyBaseConfig, vision_config
-from .toyworld import COLORS, SHAPES, make_scene
+from .toyworld import COLORS, PATTERNS, make_scene
 
-MIN_READABLE_SIDE = 10  # px at model resolution: below this a shape is not labelled
+MIN_READABLE_SIDE = 12  # px at model resolution: below this the pattern (period side/3) is not labelled
 
 
 @dataclass
 class View:
     pixels: np.ndarray  # float32 [3, S, S], CLIP-normalised
     colour: np.ndarray  # int64 [G*G]: 0 = none, 1.. = colour
-    shape: np.ndarray  # int64 [G*G]: 0 = none, 1.. = shape, -100 = unreadable
+    pattern: np.ndarray  # int64 [G*G]: 0 = none, 1.. = pattern, -100 = unreadable
     size: np.ndarray  # int64 [G*G]: 0 = none, 1 = unreadable, 2 = readable
 
 
@@ -46,7 +46,7 @@ def _scene_arrays(index: int) -> tuple[np.ndarray, np.ndarray, int, int, int]:
         np.asarray(scene.image),
         scene.mask,
         list(COLORS).index(t.color) + 1,
-        SHAPES.index(t.shape) + 1,
+        PATTERNS.index(t.pattern) + 1,
         max(t.bbox[2], t.bbox[3]),
     )
 
@@ -63,7 +63,7 @@ def _pad_square(arr: np.ndarray, fill) -> np.ndarray:
 
 def make_view(scene: tuple, rng: random.Random, image_size: int, patch: int) -> View:
     """A global view (as LLaVA sees it) or a zoomed crop (as the ROI stage shows it)."""
-    rgb, mask, colour, shape, obj_side = scene
+    rgb, mask, colour, pattern, obj_side = scene
     mean_rgb = tuple(int(255 * m) for m in CLIP_MEAN)
     rgb, mask = _pad_square(rgb, mean_rgb), _pad_square(mask, 0)
     side = rgb.shape[0]
@@ -93,16 +93,16 @@ def make_view(scene: tuple, rng: random.Random, image_size: int, patch: int) -> 
     present = cover > 0.01
     readable = obj_side * image_size / crop >= MIN_READABLE_SIDE
     colour_lbl = np.where(present, colour, 0)
-    shape_lbl = np.where(present, shape if readable else -100, 0)
+    pattern_lbl = np.where(present, pattern if readable else -100, 0)
     size_lbl = np.where(present, 2 if readable else 1, 0)
-    return View(pixels.transpose(2, 0, 1).astype(np.float32), colour_lbl, shape_lbl, size_lbl)
+    return View(pixels.transpose(2, 0, 1).astype(np.float32), colour_lbl, pattern_lbl, size_lbl)
 
 
 class PatchHeads(nn.Module):
     def __init__(self, hidden: int):
         super().__init__()
         self.colour = nn.Linear(hidden, len(COLORS) + 1)
-        self.shape = nn.Linear(hidden, len(SHAPES) + 1)
+        self.pattern = nn.Linear(hidden, len(PATTERNS) + 1)
         self.size = nn.Linear(hidden, 3)
 
 
@@ -118,7 +118,7 @@ def evaluate_tower(tower, heads: PatchHeads, *, scenes: int = 200, seed: int = 1
     )
     feats = feats.hidden_states[-2][:, 1:]
     result = {}
-    for name in ("colour", "shape", "size"):
+    for name in ("colour", "pattern", "size"):
         labels = torch.from_numpy(np.stack([getattr(v, name) for v in views]))
         pred = getattr(heads, name)(feats).argmax(-1)
         on_target = labels > 0
@@ -149,14 +149,15 @@ def pretrain_tower(out: Path, *, steps: int, scenes: int, batch: int, lr: float,
         feats = tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
         labels = {
             name: torch.from_numpy(np.stack([getattr(v, name) for v in views]))
-            for name in ("colour", "shape", "size")
+            for name in ("colour", "pattern", "size")
         }
-        # Presence (size head) and colour over every patch; shape only where the target is, so the
-        # many empty patches do not drown the signal that matters.
-        shape_labels = labels["shape"].masked_fill(labels["size"] == 0, -100)
         losses = {
             "colour": F.cross_entropy(heads.colour(feats).flatten(0, 1), labels["colour"].reshape(-1)),
-            "shape": F.cross_entropy(heads.shape(feats).flatten(0, 1), shape_labels.reshape(-1)),
+            # pattern only where the target is, so empty patches do not drown the signal
+            "pattern": F.cross_entropy(
+                heads.pattern(feats).flatten(0, 1),
+                labels["pattern"].masked_fill(labels["size"] == 0, -100).reshape(-1),
+            ),
             "size": F.cross_entropy(heads.size(feats).flatten(0, 1), labels["size"].reshape(-1)),
         }
         loss = sum(losses.values())
@@ -164,7 +165,7 @@ def pretrain_tower(out: Path, *, steps: int, scenes: int, batch: int, lr: float,
         loss.backward()
         opt.step()
         sched.step()
-        if step % 250 == 0 or step == steps - 1:
+        if step % 100 == 0 or step == steps - 1:
             log = {k: round(v.item(), 3) for k, v in losses.items()}
             print(f"step {step} {log} {time.perf_counter() - start:.0f}s", flush=True)
     tower.save_pretrained(out)

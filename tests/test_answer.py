@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from roillava.answer import answer_file, build_prompt, generate, read_done
 from roillava.data import open_image
 
@@ -53,7 +54,9 @@ def test_batched_equals_single(llava, processor, questions):
 
 def test_read_done_drops_a_partial_line(tmp_path):
     path = tmp_path / "answers.jsonl"
-    path.write_text('{"question_id": "a", "text": "x"}\n{"question_id": "b", "text": "y"}\n{"question_id": "c", "te')
+    path.write_text(
+        '{"question_id": "a", "text": "x"}\n{"question_id": "b", "text": "y"}\n{"question_id": "c", "te'
+    )
     assert read_done(path) == {"a", "b"}
     assert path.read_text().endswith('"y"}\n')
 
@@ -64,10 +67,15 @@ def test_missing_image_is_recorded_not_fatal(llava, processor, tmp_path, questio
     rows[1]["image"] = "nope.jpg"
     qf = tmp_path / "q.jsonl"
     qf.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = answer_file(llava, processor, str(qf), str(images), str(tmp_path / "a.jsonl"), max_new_tokens=2, progress=False)
+    summary = answer_file(
+        llava, processor, str(qf), str(images), str(tmp_path / "a.jsonl"), max_new_tokens=2, progress=False
+    )
     answers = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert summary["missing_images"] == 1 and len(answers) == 3
-    assert "image not found" in answers[[a["question_id"] for a in answers].index(rows[1]["question_id"])]["metadata"]["error"]
+    assert (
+        "image not found"
+        in answers[[a["question_id"] for a in answers].index(rows[1]["question_id"])]["metadata"]["error"]
+    )
 
 
 def test_killed_answerer_resumes_exactly_once(tiny_base, questions, tmp_path):
@@ -86,7 +94,9 @@ def test_killed_answerer_resumes_exactly_once(tiny_base, questions, tmp_path):
     proc.wait()
     n_before = len(answers.read_text().splitlines())
     assert 3 <= n_before < len(rows), "the kill should land mid-run"
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    subprocess.run(
+        cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300
+    )
     ids = [json.loads(line)["question_id"] for line in answers.read_text().splitlines()]
     assert sorted(ids) == sorted(r["question_id"] for r in rows)
     assert len(ids) == len(set(ids))

@@ -1,6 +1,7 @@
 """LoRA + projector: save → load → merge gives the same logits as the model that was trained."""
 
 import torch
+
 from roillava.answer import load_for_inference
 from roillava.model import add_lora, find_projector, freeze_for_stage
 

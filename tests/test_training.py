@@ -32,7 +32,9 @@ def run_script(script, env, tmp_path):
         "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
         **env,
     }
-    proc = subprocess.run(["bash", script], cwd=ROI, env=full_env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", script], cwd=ROI, env=full_env, capture_output=True, text=True, timeout=600
+    )
     (tmp_path / "log.txt").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc.stdout + proc.stderr
@@ -41,24 +43,40 @@ def run_script(script, env, tmp_path):
 @pytest.fixture(scope="module")
 def toy_data(toy_world):
     toy = toy_world["playground"] / "data" / "toy"
-    return {"IMAGE_FOLDER": str(toy / "images"), "instruct": str(toy / "llava_toy_instruct.json"), "captions": str(toy / "blip_laion_cc_sbu_toy.json")}
+    return {
+        "IMAGE_FOLDER": str(toy / "images"),
+        "instruct": str(toy / "llava_toy_instruct.json"),
+        "captions": str(toy / "blip_laion_cc_sbu_toy.json"),
+    }
 
 
 def test_pretrain_script_three_steps_trains_projector_only(tiny_base, toy_data, tmp_path):
     out = tmp_path / "pretrain"
-    env = {"MODEL": str(tiny_base), "DATA_PATH": toy_data["captions"], "IMAGE_FOLDER": toy_data["IMAGE_FOLDER"], "OUTPUT_DIR": str(out), "MAX_STEPS": "3"}
+    env = {
+        "MODEL": str(tiny_base),
+        "DATA_PATH": toy_data["captions"],
+        "IMAGE_FOLDER": toy_data["IMAGE_FOLDER"],
+        "OUTPUT_DIR": str(out),
+        "MAX_STEPS": "3",
+    }
     log = run_script("scripts/v1_5/pretrain.sh", env, tmp_path)
     assert "'loss'" in log
     projector = load_file(out / "mm_projector.safetensors")
     base = load_file(tiny_base / "model.safetensors")
-    assert set(projector) == {f"multi_modal_projector.linear_{i}.{p}" for i in (1, 2) for p in ("weight", "bias")}
-    assert not torch.equal(projector["multi_modal_projector.linear_1.weight"], base[key(base, "linear_1.weight")])
+    assert set(projector) == {
+        f"multi_modal_projector.linear_{i}.{p}" for i in (1, 2) for p in ("weight", "bias")
+    }
+    assert not torch.equal(
+        projector["multi_modal_projector.linear_1.weight"], base[key(base, "linear_1.weight")]
+    )
     # Everything but the projector is untouched in the step-3 checkpoint.
     ckpt = load_file(out / "checkpoint-3" / "model.safetensors")
     embed = key(base, "embed_tokens.weight")
     assert torch.equal(ckpt[embed], base[embed])
     config = json.loads((out / "roillava_train_config.json").read_text())
-    assert config["model"]["tune_mm_mlp_adapter"] is True and config["data"]["data_path"] == toy_data["captions"]
+    assert (
+        config["model"]["tune_mm_mlp_adapter"] is True and config["data"]["data_path"] == toy_data["captions"]
+    )
     assert (out / "checkpoint-3" / "roillava_train_config.json").exists()
 
 

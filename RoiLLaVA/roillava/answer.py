@@ -15,7 +15,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,15 +34,24 @@ class Prompt:
     images: list
 
 
-def build_prompt(question: str, images: list, *, tokenizer, model_config, template: str) -> Prompt:
-    """The same segment tokenisation as training, with the assistant turn left open."""
-    if images and IMAGE_PLACEHOLDER not in question:
-        question = IMAGE_PLACEHOLDER + "\n" + question
-    segments = conversation_segments(get_template(template), [(question, None)])
+def build_turns_prompt(
+    turns: list[tuple[str, str | None]], images: list, *, tokenizer, model_config, template: str
+) -> Prompt:
+    """A multi-turn prompt (last assistant turn open), tokenised exactly as in training."""
+    segments = conversation_segments(get_template(template), turns)
     ids, _ = tokenize_segments(
         segments, tokenizer, model_config.image_token_id, image_seq_length(model_config)
     )
     return Prompt(ids, images)
+
+
+def build_prompt(question: str, images: list, *, tokenizer, model_config, template: str) -> Prompt:
+    """The same segment tokenisation as training, with the assistant turn left open."""
+    if images and IMAGE_PLACEHOLDER not in question:
+        question = IMAGE_PLACEHOLDER + "\n" + question
+    return build_turns_prompt(
+        [(question, None)], images, tokenizer=tokenizer, model_config=model_config, template=template
+    )
 
 
 def left_pad(prompts: list[Prompt], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,6 +134,61 @@ def append_lines(answers_file: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
+# A solver answers one batch: the question rows and, per row, its images (empty for text-only
+# questions); it returns one (text, metadata) per row, in order.
+Solver = Callable[[list[dict], list[list]], list[tuple[str, dict]]]
+
+
+def run_questions(
+    question_file: str,
+    image_folder: str,
+    answers_file: str,
+    solve: Solver,
+    *,
+    batch_size: int = 8,
+    model_id: str = "llava",
+    num_chunks: int = 1,
+    chunk_idx: int = 0,
+    progress: bool = True,
+    error_metadata: dict | None = None,
+) -> dict:
+    """The resumable loop shared by every answerer: chunk, skip answered, batch, append, time.
+
+    A question whose image cannot be read gets an empty answer with `metadata.error` (plus
+    `error_metadata`), so it is counted rather than silently dropped or fatal.
+    """
+    questions = chunk(load_json_records(question_file), num_chunks, chunk_idx)
+    out = Path(answers_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = read_done(out)
+    todo = [q for q in questions if q["question_id"] not in done]
+    start, n_missing_images = time.perf_counter(), 0
+    for batch in tqdm(list(batched(todo, batch_size)), desc="answering", disable=not progress):
+        kept, kept_images = [], []
+        for q in batch:
+            try:
+                images = [open_image(Path(image_folder) / q["image"])] if q.get("image") else []
+            except (FileNotFoundError, OSError) as e:
+                n_missing_images += 1
+                meta = {**(error_metadata or {}), "error": str(e)}
+                append_lines(out, [_answer_row(q, "", model_id, meta)])
+                continue
+            kept.append(q)
+            kept_images.append(images)
+        if kept:
+            results = solve(kept, kept_images)
+            append_lines(out, [_answer_row(q, t, model_id, m) for q, (t, m) in zip(kept, results)])
+    seconds = time.perf_counter() - start
+    return {
+        "questions": len(questions),
+        "answered_now": len(todo),
+        "resumed": len(questions) - len(todo),
+        "missing_images": n_missing_images,
+        "seconds": seconds,
+        "sec_per_question": seconds / max(1, len(todo)),
+    }
+
+
 def answer_file(
     model,
     processor,
@@ -141,43 +205,27 @@ def answer_file(
     progress: bool = True,
 ) -> dict:
     """Answer every not-yet-answered question of `question_file`; returns counts and timing."""
-    questions = chunk(load_json_records(question_file), num_chunks, chunk_idx)
-    out = Path(answers_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = read_done(out)
-    todo = [q for q in questions if q["question_id"] not in done]
-    start, n_missing_images = time.perf_counter(), 0
-    for batch in tqdm(list(batched(todo, batch_size)), desc="answering", disable=not progress):
-        prompts, kept = [], []
-        for q in batch:
-            try:
-                images = [open_image(Path(image_folder) / q["image"])] if q.get("image") else []
-            except (FileNotFoundError, OSError) as e:
-                n_missing_images += 1
-                append_lines(out, [_answer_row(q, "", model_id, {"error": str(e)})])
-                continue
-            prompts.append(
-                build_prompt(
-                    q["text"],
-                    images,
-                    tokenizer=processor.tokenizer,
-                    model_config=model.config,
-                    template=template,
-                )
+
+    def solve(rows: list[dict], images: list[list]) -> list[tuple[str, dict]]:
+        prompts = [
+            build_prompt(
+                q["text"], ims, tokenizer=processor.tokenizer, model_config=model.config, template=template
             )
-            kept.append(q)
-        if prompts:
-            texts = generate(model, processor, prompts, max_new_tokens=max_new_tokens)
-            append_lines(out, [_answer_row(q, t, model_id, {}) for q, t in zip(kept, texts)])
-    seconds = time.perf_counter() - start
-    return {
-        "questions": len(questions),
-        "answered_now": len(todo),
-        "resumed": len(questions) - len(todo),
-        "missing_images": n_missing_images,
-        "seconds": seconds,
-        "sec_per_question": seconds / max(1, len(todo)),
-    }
+            for q, ims in zip(rows, images)
+        ]
+        return [(t, {}) for t in generate(model, processor, prompts, max_new_tokens=max_new_tokens)]
+
+    return run_questions(
+        question_file,
+        image_folder,
+        answers_file,
+        solve,
+        batch_size=batch_size,
+        model_id=model_id,
+        num_chunks=num_chunks,
+        chunk_idx=chunk_idx,
+        progress=progress,
+    )
 
 
 def _answer_row(q: dict, text: str, model_id: str, metadata: dict) -> dict:
@@ -215,8 +263,8 @@ def load_for_inference(
     return model.to(device).eval(), processor
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_answer_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags every answerer shares (LLaVA's `model_vqa_loader` names)."""
     p.add_argument("--model-path", required=True)
     p.add_argument("--model-base", default=None)
     p.add_argument("--question-file", required=True)
@@ -229,11 +277,21 @@ def main() -> None:
     p.add_argument("--chunk-idx", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.0, help="only greedy decoding (0) is supported")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args()
+    return p
+
+
+def load_from_args(args: argparse.Namespace):
+    """Model and processor for the parsed answerer flags (greedy only)."""
     if args.temperature != 0:
         raise SystemExit("only greedy decoding is supported (--temperature 0), as in LLaVA-1.5's evaluation")
     dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
-    model, processor = load_for_inference(args.model_path, args.model_base, device=args.device, dtype=dtype)
+    return load_for_inference(args.model_path, args.model_base, device=args.device, dtype=dtype)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    args = add_answer_args(p).parse_args(argv)
+    model, processor = load_from_args(args)
     summary = answer_file(
         model,
         processor,

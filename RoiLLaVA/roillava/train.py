@@ -1,6 +1,8 @@
 """LLaVA-1.5 training on the llava-hf model: projector alignment, instruction tuning, LoRA.
 
-Run through `scripts/v1_5/{pretrain,finetune,finetune_lora}.sh`. The HF Trainer does the work
+Run through `scripts/v1_5/{pretrain,finetune,finetune_lora,finetune_cos}.sh`. `--roi_data_path`
+(the Chain-of-Spot ROI JSON) switches the data to the two-turn ROI conversation (`cos_data.py`).
+The HF Trainer does the work
 (DeepSpeed ZeRO-2/3 via `--deepspeed`, gradient checkpointing, resume); the only customisation,
 as in LLaVA's own trainer, is a separate learning rate for the projector (`--mm_projector_lr`).
 A run resumes from the last `checkpoint-*` in `--output_dir` automatically.
@@ -19,6 +21,7 @@ import transformers
 from transformers import AutoProcessor, HfArgumentParser, Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from .cos_data import ChainOfSpotDataset
 from .data import DataCollatorForSupervisedDataset, LazySupervisedDataset
 from .model import PROJECTOR, add_lora, freeze_for_stage, load_base, load_projector, save_projector
 
@@ -52,6 +55,14 @@ class DataArguments:
     )
     dry_run: bool = field(
         default=False, metadata={"help": "tokenise every record, print the summary and exit"}
+    )
+    roi_data_path: str | None = field(
+        default=None,
+        metadata={"help": "Chain-of-Spot ROI JSON: when given, train the two-turn ROI conversation"},
+    )
+    roi_wording: str = field(
+        default="where",
+        metadata={"help": "ROI prompt: where (ours, train and test) | what (Chain-of-Spot's test prompt)"},
     )
 
 
@@ -105,6 +116,17 @@ class SaveConfigCallback(TrainerCallback):
                 (ckpt / TRAIN_CONFIG_FILE).write_text(json.dumps(self.config, indent=1))
 
 
+class EpochCallback(TrainerCallback):
+    """Gives the dataset the epoch number at each epoch start, before the loader forks its workers,
+    so per-epoch random choices (Chain-of-Spot's question) are seeded and survive a resume."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch or 0))  # floor: a resume mid-epoch keeps its epoch
+
+
 def run_config(
     model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
 ) -> dict:
@@ -147,6 +169,16 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
         bits=training_args.bits,
     )
     model.config.use_cache = False
+    if data_args.roi_data_path:
+        if dataset_cls is not LazySupervisedDataset:
+            raise ValueError(f"--roi_data_path selects ChainOfSpotDataset; got dataset_cls={dataset_cls}")
+        dataset_cls = ChainOfSpotDataset
+        dataset_kwargs = {
+            "roi_data_path": data_args.roi_data_path,
+            "wording": data_args.roi_wording,
+            "seed": training_args.seed,
+            **(dataset_kwargs or {}),
+        }
     dataset = build_dataset(
         dataset_cls, model_args, data_args, training_args, processor, model.config, **(dataset_kwargs or {})
     )
@@ -171,7 +203,8 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
         args=training_args,
         train_dataset=dataset,
         data_collator=DataCollatorForSupervisedDataset(processor.tokenizer.pad_token_id),
-        callbacks=[SaveConfigCallback(config)],
+        callbacks=[SaveConfigCallback(config)]
+        + ([EpochCallback(dataset)] if hasattr(dataset, "set_epoch") else []),
     )
     last = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
     if last:

@@ -1,6 +1,6 @@
 """Procedurally generated visual world in which small objects need a closer look."""
 
-from .scene import COLORS, SHAPES, Scene, Target, make_scene
+from .scene import COLORS, PATTERNS, SHAPES, Scene, Target, make_scene
 from .world import (
     MISSING_OBJECTS_PREFIX,
     SEG_CLASSES,
@@ -10,12 +10,13 @@ from .world import (
     color_question,
     generate,
     missing_objects_answer,
+    pattern_question,
     roi_params,
-    shape_question,
 )
 
 __all__ = [
-    "COLORS", "MISSING_OBJECTS_PREFIX", "SEG_CLASSES", "SHAPES", "SHORT_ANSWER_SUFFIX", "Question", "Scene",
+    "COLORS",
+    "PATTERNS", "MISSING_OBJECTS_PREFIX", "SEG_CLASSES", "SHAPES", "SHORT_ANSWER_SUFFIX", "Question", "Scene",
     "Target", "WorldSize", "color_question", "generate", "make_scene", "missing_objects_answer", "roi_params",
-    "shape_question",
+    "pattern_question",
 ]  # fmt: skip

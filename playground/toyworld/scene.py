@@ -1,9 +1,13 @@
-"""Procedural scenes: one coloured target shape among grey clutter.
+"""Procedural scenes: one coloured, patterned target shape among grey clutter.
 
-The world is built so that System 2 matters: a large target (64-128 px on a 448 px canvas) is
-readable at the model's global 112 px view, while a small one (12-24 px, so 3-6 px after
-downsampling) keeps its colour but loses its shape. Clutter is grey and never from the target
-shape family, so no question needs binding attributes across several named objects.
+The world is built so that System 2 matters. The target's pattern (stripes or checks, three
+periods across the object, or plain) scales with the object: on a large target (64-128 px on a
+448 px canvas) it survives the model's global 112 px view, while on a small one (12-24 px, so
+3-6 px after downsampling) the stripes blur into the plain mean colour, and only a closer look
+(a crop) shows them. Every pattern has the same mean colour, so colour is always readable.
+The pattern is also readable from any fragment of the object, which a tiny vision tower learns in
+minutes (global shape needs attention across patches and does not). Clutter is grey and never
+from the target shape family, so no question needs binding attributes across named objects.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 45, 205),
     "cyan": (30, 205, 215),
 }
+PATTERNS: tuple[str, ...] = ("horizontal stripes", "vertical stripes", "checkered", "plain")
+PATTERN_PERIODS = 3  # stripe pairs across the object: the pattern scales with the object
 CANVAS_SIZES: tuple[tuple[int, int], ...] = ((448, 336), (336, 448), (448, 448))
 LARGE_SIDE = (64, 128)
 SMALL_SIDE = (12, 24)
@@ -35,6 +41,7 @@ class Target:
 
     shape: str
     color: str
+    pattern: str
     size: str  # "large" | "small"
     bbox: tuple[int, int, int, int]
 
@@ -140,6 +147,35 @@ def _draw_clutter(rng: random.Random, img: Image.Image, clutter: Image.Image) ->
                 )
 
 
+def pattern_tones(color: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Dark and light tones of a hue; "plain" is their mean, so patterns share one mean colour."""
+    dark = np.asarray(color, dtype=np.float32) * 0.75
+    light = dark + (255 - dark) * 0.55
+    return dark, light
+
+
+def pattern_fill(
+    pattern: str, color: tuple[int, int, int], x0: float, y0: float, side: float, shape_hw
+) -> np.ndarray:
+    """RGB [H, W, 3] of `pattern` anchored at the object's corner (x0, y0), period side / 3."""
+    h, w = shape_hw
+    dark, light = pattern_tones(color)
+    half = side / PATTERN_PERIODS / 2
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    bx, by = np.floor((xs - x0) / half), np.floor((ys - y0) / half)
+    if pattern == "horizontal stripes":
+        light_on = by % 2 == 1
+    elif pattern == "vertical stripes":
+        light_on = bx % 2 == 1
+    elif pattern == "checkered":
+        light_on = (bx + by) % 2 == 1
+    elif pattern == "plain":
+        return np.broadcast_to((dark + light) / 2, (h, w, 3)).copy()
+    else:
+        raise ValueError(f"unknown pattern {pattern!r}; known: {PATTERNS}")
+    return np.where(light_on[..., None], light, dark)
+
+
 def make_scene(rng: random.Random, *, size: str | None = None) -> Scene:
     """One deterministic scene from `rng`; `size` forces a "large" or "small" target."""
     width, height = rng.choice(CANVAS_SIZES)
@@ -149,16 +185,22 @@ def make_scene(rng: random.Random, *, size: str | None = None) -> Scene:
 
     size = size or rng.choice(("large", "small"))
     side = rng.uniform(*(LARGE_SIDE if size == "large" else SMALL_SIDE))
-    shape, color = rng.choice(SHAPES), rng.choice(tuple(COLORS))
+    shape, color, pattern = rng.choice(SHAPES), rng.choice(tuple(COLORS)), rng.choice(PATTERNS)
     margin = side / 2 + 4
     cx, cy = rng.uniform(margin, width - margin), rng.uniform(margin, height - margin)
     target_layer = Image.new("L", (width, height), 0)
     _draw_shape(ImageDraw.Draw(target_layer), shape, cx, cy, side, fill=1)
-    jitter = [max(0, min(255, c + rng.randint(-15, 15))) for c in COLORS[color]]
-    _draw_shape(ImageDraw.Draw(img), shape, cx, cy, side, fill=tuple(jitter))
+    jitter = tuple(max(0, min(255, c + rng.randint(-15, 15))) for c in COLORS[color])
 
     mask = np.asarray(target_layer, dtype=np.uint8)
     ys, xs = np.nonzero(mask)
-    bbox = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    fill = pattern_fill(pattern, jitter, cx - side / 2 - x0, cy - side / 2 - y0, side, (y1 - y0, x1 - x0))
+    arr = np.array(img)
+    window = arr[y0:y1, x0:x1]
+    inside = mask[y0:y1, x0:x1] > 0
+    window[inside] = fill[inside].round().astype(np.uint8)
+    img = Image.fromarray(arr)
+    bbox = (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
     clutter_mask = np.asarray(clutter, dtype=np.uint8) * (1 - mask)
-    return Scene(img, mask, Target(shape, color, size, bbox), clutter_mask)
+    return Scene(img, mask, Target(shape, color, pattern, size, bbox), clutter_mask)

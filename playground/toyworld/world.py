@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .scene import COLORS, SHAPES, Scene, Target, make_scene
+from .scene import COLORS, PATTERNS, Scene, Target, make_scene
 
 SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
 MISSING_OBJECTS_PREFIX = "Sorry, I can not answer the question. Some visual information about the following objects is missing or unclear:"
@@ -33,14 +33,17 @@ SEG_CLASSES = ("background", "clutter", *(f"{c} object" for c in COLORS))
 class Question:
     text: str  # without the short-answer suffix
     answer: str
-    kind: str  # "shape" | "color" | "position"
+    kind: str  # "pattern" | "color" | "position"
     difficulty: str  # "easy" | "hard"
 
 
-def shape_question(t: Target) -> Question:
-    # Shape survives the 112 px global view only for large targets.
+def pattern_question(t: Target) -> Question:
+    # The pattern survives the 112 px global view only on large targets.
     return Question(
-        f"What shape is the {t.color} object?", t.shape, "shape", "hard" if t.size == "small" else "easy"
+        f"What pattern is on the {t.color} object?",
+        t.pattern,
+        "pattern",
+        "hard" if t.size == "small" else "easy",
     )
 
 
@@ -174,7 +177,7 @@ def _train_item(seed: int, img_root: Path, i: int) -> tuple:
     rel = f"train/{i:06d}.jpg"
     _save_image(scene.image, img_root / rel)
     rng = random.Random(f"{seed}-train-q-{i}")
-    questions = [shape_question(t), color_question(t)]
+    questions = [pattern_question(t), color_question(t)]
     rng.shuffle(questions)
     convs = []
     for k, q in enumerate(questions):
@@ -189,24 +192,24 @@ def _train_item(seed: int, img_root: Path, i: int) -> tuple:
         "image": rel,
         "conversations": [
             {"from": "human", "value": "<image>\nRender a clear and concise summary of the photo."},
-            {"from": "gpt", "value": f"a {t.size} {t.color} {t.shape} among grey clutter"},
+            {"from": "gpt", "value": f"a {t.size} {t.color} {t.shape}, {t.pattern}, among grey clutter"},
         ],
     }
     direct = _seal_record(rel, color_question(t), None)
-    shape_q = shape_question(t)
+    pattern_q = pattern_question(t)
     focus = negative = None
-    if shape_q.difficulty == "hard":
-        focus = _seal_record(rel, shape_q, t)
+    if pattern_q.difficulty == "hard":
+        focus = _seal_record(rel, pattern_q, t)
         negative = {
             "image": rel,
             "conversations": [
-                {"from": "human", "value": "<image>\n" + shape_q.text + SHORT_ANSWER_SUFFIX},
+                {"from": "human", "value": "<image>\n" + pattern_q.text + SHORT_ANSWER_SUFFIX},
                 {"from": "gpt", "value": missing_objects_answer([t.name])},
             ],
             "target_instances": [{"name": t.name, "bbox": list(t.bbox)}],
         }
     else:
-        direct = _seal_record(rel, shape_q, None)
+        direct = _seal_record(rel, pattern_q, None)
     return record, caption, rois, direct, focus, negative
 
 
@@ -238,7 +241,7 @@ def _write_val(seed: int, n: int, img_root: Path) -> tuple[list[dict], dict]:
         t, (width, height) = scene.target, scene.image.size
         rel = f"val/{i:06d}.jpg"
         _save_image(scene.image, img_root / rel)
-        q = shape_question(t) if random.Random(f"{seed}-val-q-{i}").random() < 0.7 else color_question(t)
+        q = pattern_question(t) if random.Random(f"{seed}-val-q-{i}").random() < 0.7 else color_question(t)
         qid = f"toy_val_{i:06d}"
         rows.append(
             {"question_id": qid, "image": rel, "text": q.text + SHORT_ANSWER_SUFFIX, "category": q.kind}
@@ -250,6 +253,7 @@ def _write_val(seed: int, n: int, img_root: Path) -> tuple[list[dict], dict]:
             "target": {
                 "name": t.name,
                 "shape": t.shape,
+                "pattern": t.pattern,
                 "color": t.color,
                 "size": t.size,
                 "bbox": list(t.bbox),
@@ -269,7 +273,7 @@ def _write_vstar(seed: int, n: int, root: Path) -> int:
         roll = rng.random()
         if roll < 0.7 or t.size == "small":
             q, pool = (
-                (shape_question(t), SHAPES)
+                (pattern_question(t), PATTERNS)
                 if roll < 0.85 or t.size == "small"
                 else (color_question(t), tuple(COLORS))
             )

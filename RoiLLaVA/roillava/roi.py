@@ -1,0 +1,269 @@
+"""The Chain-of-Spot protocol: its prompts, parsing the box the model proposes, two-stage answering.
+
+Prompt wording. Chain-of-Spot trains on "... , where is the region of interest in the image?" but
+its evaluation asks "... , what is the region of interest ...", a prompt the model was not trained
+on. We use **"where"** in training and at test time: it is the wording of Chain-of-Spot's training
+code (so a model trained by the original recipe is also queried as trained), and it asks for a
+location, which is what the box answer is. `wording="what"` (`--roi_wording what` in training,
+`--roi-wording what` at test time) selects the other one.
+
+All prompts are built here and only here, so training data (`cos_data.py`) and inference can
+never drift apart.
+
+Two-stage inference (`answer_two_stage`): stage 1 asks for the region of interest (greedy) →
+`parse_roi_box` → crop of the padded frame → stage 2 replays stage 1 (its answer verbatim as the
+assistant turn) and asks the question with the crop as the second `<image>`. Both stages are
+batched. A box that cannot be used falls back to the full image and the reason is recorded in the
+answer's metadata; nothing is swallowed by a bare `except`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .answer import Prompt, build_prompt, build_turns_prompt, generate, run_questions
+from .boxes import crop_padded
+from .conversation import IMAGE_PLACEHOLDER
+
+ROI_WORDINGS = ("where", "what")
+DEFAULT_ROI_WORDING = "where"
+RAW_IMAGE_PREFIX = "Now answer the following questions based on the raw image: "
+FULL_IMAGE_BOX = (0.0, 0.0, 1.0, 1.0)
+# Below 1/50 of the padded side a crop is a handful of pixels of a typical 500-640 px benchmark
+# image, blown up ~30x into blur: the global view says more.
+DEFAULT_MIN_SIDE = 0.02
+
+
+def check_wording(wording: str) -> str:
+    if wording not in ROI_WORDINGS:
+        raise ValueError(f"ROI prompt wording must be one of {ROI_WORDINGS}, got {wording!r}")
+    return wording
+
+
+def strip_image_placeholders(text: str) -> str:
+    """The question text without `<image>` (Chain-of-Spot removes "<image>\\n" from every turn)."""
+    return text.replace(IMAGE_PLACEHOLDER + "\n", "").replace(IMAGE_PLACEHOLDER, "")
+
+
+def roi_question(question: str, wording: str = DEFAULT_ROI_WORDING) -> str:
+    """Stage-1 user turn (global image first), §3.2 turn 1 / §3.4 step 1."""
+    check_wording(wording)
+    return f'{IMAGE_PLACEHOLDER}\nTo answer the question: "{question}", {wording} is the region of interest in the image?'
+
+
+def roi_answer_prompt(question: str) -> str:
+    """Stage-2 user turn: the crop is the second `<image>`, §3.2 turn 3 / §3.4 step 3."""
+    return f'The region of interest in the image is {IMAGE_PLACEHOLDER}\n. Answer the question: "{question}"'
+
+
+def chain_of_spot_turns(
+    question: str, roi_text: str, answer: str | None, *, wording: str = DEFAULT_ROI_WORDING
+) -> list[tuple[str, str | None]]:
+    """The two Chain-of-Spot turns; `answer=None` leaves the final assistant turn open (inference)."""
+    return [(roi_question(question, wording), roi_text), (roi_answer_prompt(question), answer)]
+
+
+@dataclass(frozen=True)
+class RoiParse:
+    """A proposed box on the padded frame (x1, y1, x2, y2 in [0, 1]).
+
+    `ok` is False when the text held no usable box: `box` is then the full image and `reason`
+    says why, as a short fixed phrase so reasons can be counted (the raw text is kept by the
+    caller). `clamped` marks an accepted box that had to be clipped into [0, 1].
+    """
+
+    box: tuple[float, float, float, float]
+    ok: bool
+    reason: str | None = None
+    clamped: bool = False
+
+
+_BRACKETED = re.compile(r"\[([^\[\]]*)\]")
+_SEPARATORS = re.compile(r"[\s,]+")
+
+
+def _reject(reason: str) -> RoiParse:
+    return RoiParse(FULL_IMAGE_BOX, False, reason)
+
+
+def parse_roi_box(text: str, min_side: float = DEFAULT_MIN_SIDE) -> RoiParse:
+    """The first `[x1, y1, x2, y2]` list in `text` (commas and/or spaces, words around it allowed).
+
+    Rejected (full-image fallback with a reason): no list, not exactly four numbers, a
+    non-number, NaN or infinity, x2 < x1 or y2 < y1, or a side below `min_side` after clamping
+    to [0, 1].
+    """
+    if not 0 <= min_side < 1:
+        raise ValueError(f"min_side must be in [0, 1), got {min_side}")
+    if not text or not text.strip():
+        return _reject("empty answer")
+    match = _BRACKETED.search(text)
+    if match is None:
+        return _reject("no [x1, y1, x2, y2] list")
+    parts = [p for p in _SEPARATORS.split(match.group(1)) if p]
+    if len(parts) != 4:
+        return _reject("not 4 numbers")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        return _reject("not a number")
+    if not all(math.isfinite(v) for v in values):
+        return _reject("NaN or infinity")
+    x1, y1, x2, y2 = values
+    if x2 < x1 or y2 < y1:
+        return _reject("inverted box")
+    box = tuple(min(1.0, max(0.0, v)) for v in values)
+    if box[2] - box[0] < min_side or box[3] - box[1] < min_side:
+        return _reject(f"degenerate box (side < {min_side})")
+    return RoiParse(box, True, None, clamped=list(box) != values)
+
+
+@dataclass(frozen=True)
+class RoiConfig:
+    """How the two-stage answerer asks and decodes (the defaults are Chain-of-Spot's, except wording)."""
+
+    wording: str = DEFAULT_ROI_WORDING
+    min_side: float = DEFAULT_MIN_SIDE
+    template: str = "vicuna_v1"
+    roi_max_new_tokens: int = 128
+    max_new_tokens: int = 128
+
+    def __post_init__(self):
+        check_wording(self.wording)
+
+
+@dataclass(frozen=True)
+class TwoStageAnswer:
+    text: str
+    roi_text: str | None
+    roi: RoiParse | None  # None for a question without an image (answered in one stage)
+
+    @property
+    def metadata(self) -> dict:
+        if self.roi is None:
+            return {"roi_box": None, "roi_text": None, "fallback": "no image"}
+        return {"roi_box": list(self.roi.box), "roi_text": self.roi_text, "fallback": self.roi.reason}
+
+
+def stage1_prompt(question: str, image, *, processor, model_config, config: RoiConfig) -> Prompt:
+    turns = [(roi_question(strip_image_placeholders(question), config.wording), None)]
+    return build_turns_prompt(
+        turns, [image], tokenizer=processor.tokenizer, model_config=model_config, template=config.template
+    )
+
+
+def stage2_prompt(
+    question: str, image, roi_text: str, roi: RoiParse, *, processor, model_config, config: RoiConfig
+) -> Prompt:
+    """Stage 1 replayed with its answer verbatim, then the question about the crop (§3.4 step 3).
+
+    A stray `<image>` in the generated text is removed, or it would claim a third image.
+    """
+    q = strip_image_placeholders(question)
+    turns = chain_of_spot_turns(q, roi_text.replace(IMAGE_PLACEHOLDER, ""), None, wording=config.wording)
+    crop = crop_padded(image, roi.box)
+    return build_turns_prompt(
+        turns,
+        [image, crop],
+        tokenizer=processor.tokenizer,
+        model_config=model_config,
+        template=config.template,
+    )
+
+
+def answer_two_stage(
+    model, processor, questions: list[str], images: list[list], config: RoiConfig = RoiConfig()
+) -> list[TwoStageAnswer]:
+    """Answer a batch: stage 1 for every question with an image, then stage 2, each as one batch.
+
+    `images[i]` is `[]` (text-only: a single plain answer, fallback "no image") or `[image]`.
+    """
+    results: list[TwoStageAnswer | None] = [None] * len(questions)
+    visual = [i for i, ims in enumerate(images) if ims]
+    text_only = [i for i, ims in enumerate(images) if not ims]
+    if len(images) != len(questions) or any(len(images[i]) != 1 for i in visual):
+        raise ValueError("answer_two_stage takes exactly one image (or none) per question")
+    if text_only:
+        prompts = [
+            build_prompt(
+                questions[i],
+                [],
+                tokenizer=processor.tokenizer,
+                model_config=model.config,
+                template=config.template,
+            )
+            for i in text_only
+        ]
+        for i, text in zip(
+            text_only, generate(model, processor, prompts, max_new_tokens=config.max_new_tokens)
+        ):
+            results[i] = TwoStageAnswer(text, None, None)
+    if visual:
+        kw = {"processor": processor, "model_config": model.config, "config": config}
+        stage1 = [stage1_prompt(questions[i], images[i][0], **kw) for i in visual]
+        roi_texts = generate(model, processor, stage1, max_new_tokens=config.roi_max_new_tokens)
+        rois = [parse_roi_box(t, config.min_side) for t in roi_texts]
+        stage2 = [
+            stage2_prompt(questions[i], images[i][0], t, roi, **kw)
+            for i, t, roi in zip(visual, roi_texts, rois)
+        ]
+        answers = generate(model, processor, stage2, max_new_tokens=config.max_new_tokens)
+        for i, text, roi_text, roi in zip(visual, answers, roi_texts, rois):
+            results[i] = TwoStageAnswer(text, roi_text, roi)
+    return results
+
+
+def roi_answer_file(
+    model,
+    processor,
+    question_file: str,
+    image_folder: str,
+    answers_file: str,
+    *,
+    config: RoiConfig = RoiConfig(),
+    batch_size: int = 8,
+    model_id: str = "cos",
+    num_chunks: int = 1,
+    chunk_idx: int = 0,
+    progress: bool = True,
+) -> dict:
+    """The System-1 answerer's resumable loop with the two-stage solver; adds the fallback count."""
+
+    def solve(rows: list[dict], images: list[list]) -> list[tuple[str, dict]]:
+        answers = answer_two_stage(model, processor, [q["text"] for q in rows], images, config)
+        return [(a.text, a.metadata) for a in answers]
+
+    summary = run_questions(
+        question_file,
+        image_folder,
+        answers_file,
+        solve,
+        batch_size=batch_size,
+        model_id=model_id,
+        num_chunks=num_chunks,
+        chunk_idx=chunk_idx,
+        progress=progress,
+        error_metadata={"roi_box": None, "roi_text": None, "fallback": "image error"},
+    )
+    return {**summary, **fallback_counts(answers_file)}
+
+
+def fallback_counts(answers_file: str | Path) -> dict:
+    """How many answers of the whole file used the full image instead of a proposed box, and why."""
+    reasons: dict[str, int] = {}
+    n = 0
+    for line in Path(answers_file).read_text().splitlines():
+        meta = json.loads(line).get("metadata", {})
+        n += 1
+        if meta.get("fallback"):
+            reasons[meta["fallback"]] = reasons.get(meta["fallback"], 0) + 1
+    return {
+        "answers": n,
+        "fallbacks": sum(reasons.values()),
+        "fallback_rate": sum(reasons.values()) / max(1, n),
+        "fallback_reasons": reasons,
+    }

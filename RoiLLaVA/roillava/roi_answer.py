@@ -1,0 +1,52 @@
+"""Two-stage Chain-of-Spot answerer: region of interest first, then the answer from both views.
+
+Batched (both stages), left-padded, greedy and resumable exactly like `roillava.answer`; writes
+LLaVA answer JSONL whose `metadata` is `{"roi_box", "roi_text", "fallback"}` (`fallback`: why the
+full image was used instead of the proposed box, or null).
+
+    python -m roillava.roi_answer --model-path CKPT --question-file Q.jsonl --image-folder DIR \\
+        --answers-file A.jsonl [--batch-size 8] [--roi-wording where|what] [--roi-min-side 0.02]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .answer import add_answer_args, load_from_args
+from .roi import DEFAULT_MIN_SIDE, DEFAULT_ROI_WORDING, ROI_WORDINGS, RoiConfig, roi_answer_file
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_answer_args(p)
+    p.add_argument("--roi-wording", choices=ROI_WORDINGS, default=DEFAULT_ROI_WORDING)
+    p.add_argument("--roi-min-side", type=float, default=DEFAULT_MIN_SIDE)
+    p.add_argument("--roi-max-new-tokens", type=int, default=128)
+    args = p.parse_args(argv)
+    config = RoiConfig(
+        wording=args.roi_wording,
+        min_side=args.roi_min_side,
+        template=args.conv_mode,
+        roi_max_new_tokens=args.roi_max_new_tokens,
+        max_new_tokens=args.max_new_tokens,
+    )
+    model, processor = load_from_args(args)
+    summary = roi_answer_file(
+        model,
+        processor,
+        args.question_file,
+        args.image_folder,
+        args.answers_file,
+        config=config,
+        batch_size=args.batch_size,
+        model_id=Path(args.model_path).name,
+        num_chunks=args.num_chunks,
+        chunk_idx=args.chunk_idx,
+    )
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

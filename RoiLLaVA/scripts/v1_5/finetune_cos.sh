@@ -1,0 +1,41 @@
+#!/bin/bash
+# Chain-of-Spot's own recipe: full fine-tuning (language model + projector, vision tower frozen) of
+# LLaVA-1.5 on LLaVA-665K rewritten into the two-turn ROI conversation. ZeRO-3, 1 epoch, bs 16/GPU,
+# lr 2e-5, cosine, warmup 0.03, no weight decay, max length 2048, gradient checkpointing.
+# Chain-of-Spot starts from llava-v1.5-{7,13}b and reloads that checkpoint's own projector; the
+# llava-hf base already holds it, so PROJECTOR stays empty unless you start from elsewhere.
+# Overrides from the environment as in finetune.sh, plus ROI_DATA and ROI_WORDING (where | what).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/launch.sh
+
+launch train.py \
+    --deepspeed "${DS_CONFIG:-./scripts/zero3.json}" \
+    --model_name_or_path "${MODEL:-llava-hf/llava-1.5-7b-hf}" \
+    ${PROJECTOR:+--pretrain_mm_mlp_adapter "$PROJECTOR"} \
+    --version "${VERSION:-v1}" \
+    --data_path "${DATA_PATH:-../playground/data/llava_v1_5_mix665k.json}" \
+    --image_folder "${IMAGE_FOLDER:-../playground/data}" \
+    --roi_data_path "${ROI_DATA:-../playground/data/chain-of-spot.json}" \
+    --roi_wording "${ROI_WORDING:-where}" \
+    --image_aspect_ratio pad \
+    --bf16 "${BF16:-True}" \
+    --output_dir "${OUTPUT_DIR:-./checkpoints/cos-v1.5-7b}" \
+    --num_train_epochs "${EPOCHS:-1}" \
+    --max_steps "${MAX_STEPS:--1}" \
+    --per_device_train_batch_size "${BATCH:-16}" \
+    --gradient_accumulation_steps "${GRAD_ACC:-1}" \
+    --save_strategy steps \
+    --save_steps "${SAVE_STEPS:-50000}" \
+    --save_total_limit 1 \
+    --learning_rate "${LR:-2e-5}" \
+    --weight_decay 0. \
+    --warmup_steps 0.03 \
+    --lr_scheduler_type cosine \
+    --logging_steps "${LOG_STEPS:-1}" \
+    --model_max_length "${MAX_LEN:-2048}" \
+    --activation_checkpointing "${GRAD_CKPT:-True}" \
+    --dataloader_num_workers "${WORKERS:-4}" \
+    --seed "${SEED:-42}" \
+    --report_to "${REPORT_TO:-none}" \
+    ${EXTRA_ARGS:-}

@@ -1,0 +1,46 @@
+#!/bin/bash
+# Chain-of-Spot ROI adapter: LoRA (r128/α256) on every language-model linear layer + the projector
+# (trained at MM_PROJECTOR_LR and saved with the adapter), on LLaVA-665K rewritten into the two-turn
+# ROI conversation with the Chain-of-Spot ROI JSON (ROI_DATA). Defaults are the real 8-GPU setting;
+# override from the environment as in finetune.sh, e.g. the toy world:
+#   MODEL=<system-1 checkpoint> DATA_PATH=../playground/data/toy/llava_toy_instruct.json \
+#   IMAGE_FOLDER=../playground/data/toy/images ROI_DATA=../playground/data/toy/chain-of-spot.json BF16=False
+# ROI_WORDING: the ROI prompt, "where" (default, used at test time too) or "what".
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/launch.sh
+
+launch train.py \
+    --deepspeed "${DS_CONFIG:-./scripts/zero3.json}" \
+    --model_name_or_path "${MODEL:-llava-hf/llava-1.5-7b-hf}" \
+    ${PROJECTOR:+--pretrain_mm_mlp_adapter "$PROJECTOR"} \
+    --version "${VERSION:-v1}" \
+    --data_path "${DATA_PATH:-../playground/data/llava_v1_5_mix665k.json}" \
+    --image_folder "${IMAGE_FOLDER:-../playground/data}" \
+    --roi_data_path "${ROI_DATA:-../playground/data/chain-of-spot.json}" \
+    --roi_wording "${ROI_WORDING:-where}" \
+    --image_aspect_ratio pad \
+    --lora_enable True \
+    --lora_r "${LORA_R:-128}" \
+    --lora_alpha "${LORA_ALPHA:-256}" \
+    --mm_projector_lr "${MM_PROJECTOR_LR:-2e-5}" \
+    --bf16 "${BF16:-True}" \
+    --output_dir "${OUTPUT_DIR:-./checkpoints/cos-v1.5-7b-lora}" \
+    --num_train_epochs "${EPOCHS:-1}" \
+    --max_steps "${MAX_STEPS:--1}" \
+    --per_device_train_batch_size "${BATCH:-16}" \
+    --gradient_accumulation_steps "${GRAD_ACC:-1}" \
+    --save_strategy steps \
+    --save_steps "${SAVE_STEPS:-50000}" \
+    --save_total_limit 1 \
+    --learning_rate "${LR:-2e-4}" \
+    --weight_decay 0. \
+    --warmup_steps 0.03 \
+    --lr_scheduler_type cosine \
+    --logging_steps "${LOG_STEPS:-1}" \
+    --model_max_length "${MAX_LEN:-2048}" \
+    --activation_checkpointing "${GRAD_CKPT:-True}" \
+    --dataloader_num_workers "${WORKERS:-4}" \
+    --seed "${SEED:-42}" \
+    --report_to "${REPORT_TO:-none}" \
+    ${EXTRA_ARGS:-}

@@ -1,0 +1,461 @@
+"""Switch inference: decide System 1 / System 2, answer from object evidence, score options by likelihood.
+
+    adapter = SwitchAdapter.from_pretrained("checkpoints/swi-llava-v1.5-7b-lora")
+    d = adapter.decide(image, question)              # SwitchDecision: an answer or the missing objects
+    adapter.answer_with_evidence(image, question, [("red object", (x, y, w, h))])
+    adapter.option_losses(image, question, ["cross", "star"])   # mean CE per option, lower is better
+
+CLI (greedy; the image is always padded to a square, as in training):
+
+    python -m swillava.infer answer --model-path CKPT --question-file Q.jsonl --image-folder DIR --answers-file A.jsonl
+    python -m swillava.infer toy-eval --model-path CKPT --question-file Q.jsonl --annotations ANN.json \
+        --image-folder DIR --out metrics.json
+    python -m swillava.infer vstar --model-path CKPT --bench-folder DIR [--oracle-evidence]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from .conversation import (
+    IGNORE_INDEX,
+    IMAGE_PLACEHOLDER,
+    OBJECT_PLACEHOLDER,
+    conversation_segments,
+    get_template,
+    tokenize_segments,
+)
+from .data import load_json_records, open_image
+from .model import SwiLLaVA, load_switch
+from .objects import (
+    MISSING_OBJECTS_PREFIX,
+    ObjectInstance,
+    check_box,
+    check_name,
+    crop_object,
+    evidence_question,
+    expand_objects,
+    feature_layout,
+)
+
+Evidence = Sequence[tuple[str, Sequence[float]]]  # (name, [x, y, w, h] in original-image pixels)
+
+# Words and punctuation of the sentence, any spacing between them ("can not" matches "cannot" too).
+_MISSING = re.compile(
+    r"\s*".join(map(re.escape, re.findall(r"\w+|[^\w\s]", MISSING_OBJECTS_PREFIX))), re.IGNORECASE
+)
+_AND_LIST = re.compile(r",?\s+and\s+|,", re.IGNORECASE)
+
+
+def parse_missing_objects(text: str) -> list[str] | None:
+    """Object names after SEAL's missing-objects sentence, or None when the sentence is absent.
+
+    Tolerates extra or missing spaces (also before punctuation), case, trailing punctuation and "A, B and C" lists. The list ends at
+    the first line break or sentence end. Names are de-duplicated in order; a name that itself contains
+    " and " is split (SEAL's names never do).
+    """
+    m = _MISSING.search(text)
+    if m is None:
+        return None
+    rest = text[m.end() :].split("\n", 1)[0]
+    rest = re.split(r"[.!?;](?:\s|$)", rest, maxsplit=1)[0]
+    names: list[str] = []
+    for part in _AND_LIST.split(rest):
+        name = part.strip().strip(".!?;:'\"` ").strip()
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
+@dataclass(frozen=True)
+class SwitchDecision:
+    """The switch probe's outcome: a System-1 answer, or the objects System 2 must find."""
+
+    text: str
+    missing_objects: list[str] | None
+
+    @property
+    def needs_system2(self) -> bool:
+        return self.missing_objects is not None
+
+    @property
+    def answer(self) -> str | None:
+        return None if self.needs_system2 else self.text
+
+
+@dataclass
+class Prompt:
+    """One request: ids with feature runs, the padded image and the object crops with their layout."""
+
+    input_ids: list[int]
+    pixel_values: torch.Tensor  # [3, S, S]
+    image_long: bool
+    crops: torch.Tensor  # [n, 3, S, S]
+    object_long: list[bool]
+
+
+class SwitchAdapter:
+    """A loaded switch model and its processor; every method is greedy / deterministic."""
+
+    def __init__(self, model: SwiLLaVA, processor, *, template: str | None = None, max_new_tokens: int = 200):
+        self.model = model.eval()
+        self.processor = processor
+        self.processor.image_processor.do_pad = True
+        self.template = template or model.swi_config.template
+        self.max_new_tokens = max_new_tokens
+        self.crop_size = processor.image_processor.crop_size["height"]
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        model_base: str | None = None,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        **kwargs,
+    ) -> SwitchAdapter:
+        model, processor = load_switch(path, model_base, device=device, dtype=dtype)
+        return cls(model, processor, **kwargs)
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # --- prompts ------------------------------------------------------------------------------------
+    def build_prompt(self, image: Image.Image, question: str, objects: Evidence = ()) -> Prompt:
+        """`"<image>\\n" + question`, with SEAL's evidence prefix and crops when objects are given (§2.5)."""
+        if OBJECT_PLACEHOLDER in question:
+            raise ValueError(f"the question contains {OBJECT_PLACEHOLDER}; pass objects as (name, box) pairs")
+        image = image.convert("RGB")
+        width, height = image.size
+        instances = []
+        for k, (name, box) in enumerate(objects):
+            try:
+                instances.append(ObjectInstance(check_name(name), check_box(list(box), width, height)))
+            except ValueError as e:
+                raise ValueError(f"evidence object {k}: {e}") from None
+        image_long, object_long = feature_layout(len(instances), "infer")
+        text = (
+            IMAGE_PLACEHOLDER
+            + "\n"
+            + evidence_question(question.replace(IMAGE_PLACEHOLDER, "").strip(), len(instances))
+        )
+        turns = expand_objects([(text, None)], instances, width, height)
+        segments = conversation_segments(get_template(self.template), turns)
+        ids, _ = tokenize_segments(
+            segments,
+            self.tokenizer,
+            self.model.token_layout(),
+            image_long=image_long,
+            object_long=object_long,
+        )
+        proc = self.processor.image_processor
+        pixels = proc([image], return_tensors="pt")["pixel_values"][0]
+        crops = torch.zeros(0, *pixels.shape)
+        if instances:
+            crops = [
+                crop_object(image, o.box, self.crop_size, self.model.swi_config.patch_scale)
+                for o in instances
+            ]
+            crops = proc(crops, return_tensors="pt")["pixel_values"]
+        return Prompt(ids, pixels, image_long, crops, object_long)
+
+    def _batch(self, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
+        """Left-padded ids and fixed object slots (as many as the largest request has)."""
+        n, length = len(prompts), max(len(p.input_ids) for p in prompts)
+        slots = max(len(p.object_long) for p in prompts)
+        size = prompts[0].pixel_values.shape
+        batch = {
+            "input_ids": torch.full((n, length), self.tokenizer.pad_token_id, dtype=torch.long),
+            "attention_mask": torch.zeros((n, length), dtype=torch.long),
+            "pixel_values": torch.stack([p.pixel_values for p in prompts]),
+            "image_long": torch.tensor([p.image_long for p in prompts]),
+            "object_pixel_values": torch.zeros(n, slots, *size),
+            "object_present": torch.zeros(n, slots, dtype=torch.bool),
+            "object_long": torch.zeros(n, slots, dtype=torch.bool),
+        }
+        for row, p in enumerate(prompts):
+            k = len(p.input_ids)
+            batch["input_ids"][row, length - k :] = torch.tensor(p.input_ids)
+            batch["attention_mask"][row, length - k :] = 1
+            m = len(p.object_long)
+            batch["object_pixel_values"][row, :m] = p.crops
+            batch["object_present"][row, :m] = True
+            batch["object_long"][row, :m] = torch.tensor(p.object_long, dtype=torch.bool)
+        dtype = next(self.model.parameters()).dtype
+        return {
+            k: v.to(self.device, dtype=dtype if v.is_floating_point() else None) for k, v in batch.items()
+        }
+
+    def _embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.embed_multimodal(
+            batch["input_ids"],
+            batch["pixel_values"],
+            None,
+            batch["image_long"],
+            batch["object_pixel_values"],
+            batch["object_present"],
+            batch["object_long"],
+        )
+
+    # --- generation ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompts: list[Prompt], max_new_tokens: int | None = None) -> list[str]:
+        """Greedy continuations, batched with left padding; stops at EOS."""
+        if not prompts:
+            return []
+        batch = self._batch(prompts)
+        out = self.model.llava.generate(
+            inputs_embeds=self._embed(batch),
+            attention_mask=batch["attention_mask"],
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        # With only inputs_embeds, generate returns just the new tokens.
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def decide_batch(self, items: Sequence[tuple[Image.Image, str]]) -> list[SwitchDecision]:
+        texts = self.generate([self.build_prompt(image, q) for image, q in items])
+        return [SwitchDecision(t, parse_missing_objects(t)) for t in texts]
+
+    def decide(self, image: Image.Image, question: str) -> SwitchDecision:
+        """The switch probe (§2.5 step 1-2): the long image alone; greedy."""
+        return self.decide_batch([(image, question)])[0]
+
+    def answer_with_evidence_batch(self, items: Sequence[tuple[Image.Image, str, Evidence]]) -> list[str]:
+        return self.generate([self.build_prompt(image, q, objs) for image, q, objs in items])
+
+    def answer_with_evidence(self, image: Image.Image, question: str, objects: Evidence) -> str:
+        """Answer with SEAL's evidence prompt: crops (1.2x context) and locations of `objects` (§2.5 step 4)."""
+        return self.answer_with_evidence_batch([(image, question, objects)])[0]
+
+    # --- likelihood multiple choice -----------------------------------------------------------------
+    def option_ids(self, options: Sequence[str]) -> list[list[int]]:
+        """Each option tokenised as a training answer is: its text, then EOS."""
+        return [
+            self.tokenizer(o, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+            for o in options
+        ]
+
+    @torch.inference_mode()
+    def option_losses(
+        self, image: Image.Image, question: str, options: Sequence[str], objects: Evidence = ()
+    ) -> list[float]:
+        """Mean CE of each option's tokens after the prompt (§2.5 step 5); the lowest is the choice.
+
+        The prompt runs once; its KV cache is repeated over the options, which run as one batch.
+        """
+        if not options:
+            raise ValueError("no options to score")
+        batch = self._batch([self.build_prompt(image, question, objects)])
+        prefix = self.model.llava(
+            inputs_embeds=self._embed(batch), attention_mask=batch["attention_mask"], use_cache=True
+        )
+        cache, last = prefix.cache, prefix.logits[:, -1:]
+        ids = self.option_ids(options)
+        n, width, plen = len(ids), max(map(len, ids)), batch["input_ids"].shape[1]
+        tokens = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
+        targets = torch.full((n, width), IGNORE_INDEX, dtype=torch.long, device=self.device)
+        for row, seq in enumerate(ids):
+            tokens[row, : len(seq)] = targets[row, : len(seq)] = torch.tensor(seq)
+        cache.batch_repeat_interleave(n)
+        mask = torch.cat([batch["attention_mask"].expand(n, -1), (targets != IGNORE_INDEX).long()], dim=1)
+        positions = torch.arange(plen, plen + width, device=self.device).expand(n, -1)
+        out = self.model.llava(
+            input_ids=tokens, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+        )
+        # Token j is predicted by the logits before it: the prompt's last for j = 0.
+        logits = torch.cat([last.expand(n, -1, -1), out.logits[:, :-1]], dim=1).float()
+        ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+        return (ce.sum(1) / (targets != IGNORE_INDEX).sum(1)).tolist()
+
+
+# --- runners ---------------------------------------------------------------------------------------------
+def _batched(items: list, n: int) -> list[list]:
+    return [items[i : i + n] for i in range(0, len(items), n)]
+
+
+def answer_questions(
+    adapter: SwitchAdapter, question_file: str, image_folder: str, answers_file: str, *, batch_size: int = 8
+) -> dict:
+    """Switch decisions for LLaVA question JSONL, written as LLaVA answer JSONL plus the decision."""
+    questions = load_json_records(Path(question_file))
+    out = Path(answers_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with out.open("w") as f:
+        for batch in _batched(questions, batch_size):
+            decisions = adapter.decide_batch(
+                [(open_image(Path(image_folder) / q["image"]), q["text"]) for q in batch]
+            )
+            for q, d in zip(batch, decisions):
+                row = {
+                    "question_id": q["question_id"],
+                    "prompt": q["text"],
+                    "text": d.text,
+                    "needs_system2": d.needs_system2,
+                    "missing_objects": d.missing_objects,
+                    "answer_id": uuid.uuid4().hex,
+                    "model_id": "swillava",
+                    "metadata": {},
+                }
+                f.write(json.dumps(row) + "\n")
+    seconds = time.perf_counter() - start
+    return {
+        "questions": len(questions),
+        "seconds": seconds,
+        "sec_per_question": seconds / max(1, len(questions)),
+    }
+
+
+def toy_switch_metrics(
+    adapter: SwitchAdapter,
+    question_file: str,
+    annotations_file: str,
+    image_folder: str,
+    *,
+    batch_size: int = 16,
+) -> dict:
+    """The toy world's switch metrics (issue 3): F1 of "needs System 2" (truth: hard questions), exact
+    object names on System-2 decisions, hard accuracy with the true target as evidence, easy accuracy direct.
+    """
+    from eval.toy import normalize_short_answer
+
+    annotations = json.loads(Path(annotations_file).read_text())
+    questions = load_json_records(Path(question_file))
+    tp = fp = fn = names_ok = n_sys2 = 0
+    easy = {"n": 0, "ok": 0}
+    hard = {"n": 0, "ok": 0}
+    start = time.perf_counter()
+    for batch in _batched(questions, batch_size):
+        images = [open_image(Path(image_folder) / q["image"]) for q in batch]
+        anns = [annotations[q["question_id"]] for q in batch]
+        decisions = adapter.decide_batch([(im, q["text"]) for im, q in zip(images, batch)])
+        evidence = [
+            (im, q["text"], [(a["target"]["name"], a["target"]["bbox"])])
+            for im, q, a in zip(images, batch, anns)
+            if a["difficulty"] == "hard"
+        ]
+        hard_answers = iter(adapter.answer_with_evidence_batch(evidence))
+        for d, a in zip(decisions, anns):
+            is_hard = a["difficulty"] == "hard"
+            tp += d.needs_system2 and is_hard
+            fp += d.needs_system2 and not is_hard
+            fn += (not d.needs_system2) and is_hard
+            if d.needs_system2:
+                n_sys2 += 1
+                names_ok += d.missing_objects == [a["target"]["name"]]
+            if is_hard:
+                hard["n"] += 1
+                hard["ok"] += normalize_short_answer(next(hard_answers)) == normalize_short_answer(
+                    a["answer"]
+                )
+            else:
+                easy["n"] += 1
+                easy["ok"] += (not d.needs_system2) and normalize_short_answer(
+                    d.text
+                ) == normalize_short_answer(a["answer"])
+    seconds = time.perf_counter() - start
+    return {
+        "f1_system2": 2 * tp / max(1, 2 * tp + fp + fn),
+        "object_names_exact": names_ok / max(1, n_sys2),
+        "acc_hard_oracle_evidence": hard["ok"] / max(1, hard["n"]),
+        "acc_easy_direct": easy["ok"] / max(1, easy["n"]),
+        "n_easy": easy["n"],
+        "n_hard": hard["n"],
+        "n_system2_decisions": n_sys2,
+        "seconds": seconds,
+    }
+
+
+def vstar_losses(adapter: SwitchAdapter, bench_folder: str, *, oracle_evidence: bool = False) -> dict:
+    """V*Bench-style multiple choice (`<cat>/<stem>.jpg` + `<stem>.json`, options[0] correct) by likelihood."""
+    from eval.metrics import vstar_accuracy
+
+    per_type: dict[str, list[list[float]]] = {}
+    for meta in sorted(Path(bench_folder).glob("*/*.json")):
+        ann = json.loads(meta.read_text())
+        image_files = [p for p in meta.parent.glob(meta.stem + ".*") if p.suffix.lower() != ".json"]
+        if len(image_files) != 1:
+            raise FileNotFoundError(
+                f"{meta}: expected one image named {meta.stem}.*, found {len(image_files)}"
+            )
+        objects = list(zip(ann["target_object"], ann["bbox"])) if oracle_evidence else []
+        losses = adapter.option_losses(open_image(image_files[0]), ann["question"], ann["options"], objects)
+        per_type.setdefault(meta.parent.name, []).append(losses)
+    everything = [row for rows in per_type.values() for row in rows]
+    return {
+        "accuracy": vstar_accuracy(everything) if everything else 0.0,
+        "per_type": {k: vstar_accuracy(v) for k, v in per_type.items()},
+        "questions": len(everything),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("answer", "toy-eval", "vstar"):
+        s = sub.add_parser(name)
+        s.add_argument("--model-path", required=True)
+        s.add_argument(
+            "--model-base", default=None, help="base for a LoRA/projector checkpoint (default: recorded)"
+        )
+        s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        s.add_argument("--max-new-tokens", type=int, default=200)
+        s.add_argument("--batch-size", type=int, default=8)
+        if name in ("answer", "toy-eval"):
+            s.add_argument("--question-file", required=True)
+            s.add_argument("--image-folder", required=True)
+        if name == "answer":
+            s.add_argument("--answers-file", required=True)
+        if name == "toy-eval":
+            s.add_argument("--annotations", required=True)
+            s.add_argument("--out", default=None, help="write the metrics JSON here too")
+        if name == "vstar":
+            s.add_argument("--bench-folder", required=True)
+            s.add_argument(
+                "--oracle-evidence", action="store_true", help="feed the annotated boxes as evidence"
+            )
+    args = p.parse_args(argv)
+    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
+    adapter = SwitchAdapter.from_pretrained(
+        args.model_path, args.model_base, device=args.device, dtype=dtype, max_new_tokens=args.max_new_tokens
+    )
+    if args.command == "answer":
+        result = answer_questions(
+            adapter, args.question_file, args.image_folder, args.answers_file, batch_size=args.batch_size
+        )
+    elif args.command == "toy-eval":
+        result = toy_switch_metrics(
+            adapter, args.question_file, args.annotations, args.image_folder, batch_size=args.batch_size
+        )
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=1))
+    else:
+        result = vstar_losses(adapter, args.bench_folder, oracle_evidence=args.oracle_evidence)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
