@@ -1,6 +1,6 @@
 #!/bin/sh
 # Switch adapter, stage 2: LoRA (r 128, alpha 256, dropout 0.05) on every linear layer of the language
-# model; both projectors (llava-hf MLP and perceiver object projector) train fully, at MM_LR
+# model; both projectors (llava-hf MLP and perceiver object projector) train fully, at MM_PROJECTOR_LR
 # (--mm_projector_lr), and are saved inside the adapter (peft modules_to_save), so the output directory
 # is self-contained on top of its base. Defaults are FaST's recipe: llava-hf/llava-1.5-7b-hf, SEAL's data
 # folder (craigwu/seal_vqa_data) in ../playground/data/seal_vqa_data with its images (coco2014/,
@@ -30,7 +30,7 @@ launch train.py \
     --lora_enable True \
     --lora_r "${LORA_R:-128}" \
     --lora_alpha "${LORA_ALPHA:-256}" \
-    --mm_projector_lr "${MM_LR:-2e-5}" \
+    --mm_projector_lr "${MM_PROJECTOR_LR:-2e-5}" \
     --bf16 "${BF16:-True}" \
     --output_dir "${OUTPUT_DIR:-./checkpoints/swi-llava-v1.5-7b-lora}" \
     --num_train_epochs "${EPOCHS:-2}" \

@@ -43,3 +43,54 @@ def toy_accuracy(answers_file: str | Path, annotations_file: str | Path) -> dict
         "n_hard": total["hard"],
         "n_unanswered": sum(qid not in answers for qid in annotations),
     }
+
+
+def _normalised_xyxy(box_xywh: list[float], image_size: list[int]) -> tuple[float, float, float, float]:
+    """Pixel [x, y, w, h] → [x1, y1, x2, y2] on LLaVA's padded square, normalised by its side."""
+    width, height = image_size
+    side = max(width, height)
+    ox, oy = (side - width) // 2, (side - height) // 2
+    x, y, w, h = box_xywh
+    return (x + ox) / side, (y + oy) / side, (x + w + ox) / side, (y + h + oy) / side
+
+
+def _intersection(a, b) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _area(a) -> float:
+    return max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
+
+
+def toy_roi_metrics(answers_file: str | Path, annotations_file: str | Path, *, cover: float = 0.9) -> dict:
+    """The ROI adapter's acceptance numbers from two-stage answers (`metadata.roi_box`, `fallback`).
+
+    A ROI covers the target when at least `cover` of the target box lies inside it; IoU is taken
+    against the labelled ROI; sides are fractions of the padded square's side.
+    """
+    annotations = json.loads(Path(annotations_file).read_text())
+    answers = read_answers(answers_file)
+    covered = iou50 = n_hard = fallbacks = 0
+    sides = []
+    for qid, ann in annotations.items():
+        meta = answers[qid]["metadata"] if qid in answers else {}
+        roi = meta.get("roi_box") or [0.0, 0.0, 1.0, 1.0]
+        fallbacks += bool(meta.get("fallback")) or qid not in answers
+        sides.append(max(roi[2] - roi[0], roi[3] - roi[1]))
+        if ann["difficulty"] != "hard":
+            continue
+        n_hard += 1
+        target = _normalised_xyxy(ann["target"]["bbox"], ann["image_size"])
+        covered += _intersection(roi, target) >= cover * _area(target)
+        label = ann["roi_box"]
+        inter = _intersection(roi, label)
+        iou50 += inter / max(1e-9, _area(roi) + _area(label) - inter) >= 0.5
+    acc = toy_accuracy(answers_file, annotations_file)
+    return {
+        "target_covered_rate_hard": covered / max(1, n_hard),
+        "mean_roi_side_frac": sum(sides) / max(1, len(sides)),
+        "iou50_rate_hard": iou50 / max(1, n_hard),
+        "acc_hard_two_stage": acc["acc_hard"],
+        "acc_easy_two_stage": acc["acc_easy"],
+        "fallback_rate": fallbacks / max(1, len(annotations)),
+    }

@@ -26,8 +26,32 @@ BASE = DEMO / "tiny_base"
 CKPT = DEMO / "checkpoints"
 
 # The toy recipe: what differs from the real 8-GPU defaults of each script.
-SYSTEM1_PRETRAIN = {"MAX_STEPS": "150", "BATCH": "16", "LR": "2e-3"}
+SYSTEM1_PRETRAIN = {"MAX_STEPS": "100", "BATCH": "16", "LR": "2e-3"}
 SYSTEM1_FINETUNE = {"MAX_STEPS": "900", "BATCH": "16", "LR": "1e-3"}
+ROI_TRAIN = {
+    "MAX_STEPS": "200",
+    "BATCH": "16",
+    "LR": "1e-3",
+    "MM_PROJECTOR_LR": "1e-3",
+    "LORA_R": "32",
+    "LORA_ALPHA": "64",
+}
+SWITCH_ARCH = "--object_projector_depth 2 --object_projector_heads 4 --object_projector_dim_head 48"
+SWITCH_PRETRAIN = {
+    "MAX_STEPS": "60",
+    "BATCH": "16",
+    "LR": "2e-3",
+    "EXTRA_ARGS": f"{SWITCH_ARCH} --warmup_steps 0",
+}
+SWITCH_TRAIN = {
+    "MAX_STEPS": "250",
+    "BATCH": "16",
+    "LR": "1e-3",
+    "MM_PROJECTOR_LR": "1e-3",
+    "LORA_R": "16",
+    "LORA_ALPHA": "32",
+    "EXTRA_ARGS": f"{SWITCH_ARCH} --lora_dropout 0",
+}
 TOY_ENV = {
     "BF16": "False",
     "NUM_GPUS": "1",
@@ -148,8 +172,100 @@ def stage_system1_eval() -> dict:
     return {**acc, "sec_per_question": run["sec_per_question"]}
 
 
+def stage_roi_train() -> None:
+    env = {
+        "MODEL": str(CKPT / "system1"),
+        "DATA_PATH": str(TOY / "llava_toy_instruct.json"),
+        "IMAGE_FOLDER": str(TOY / "images"),
+        "ROI_DATA": str(TOY / "chain-of-spot.json"),
+        "OUTPUT_DIR": str(CKPT / "roi"),
+        "DS_CONFIG": "./scripts/zero2.json",
+        **ROI_TRAIN,
+    }
+    sh("scripts/v1_5/finetune_lora.sh", ROOT / "RoiLLaVA", env, DEMO / "logs" / "roi_train.log")
+
+
+def stage_roi_eval() -> dict:
+    sys.path.insert(0, str(ROOT / "RoiLLaVA"))
+    from eval.toy import toy_roi_metrics
+    from roillava.answer import load_for_inference
+    from roillava.roi import RoiConfig, roi_answer_file
+
+    model, processor = load_for_inference(str(CKPT / "roi"))
+    answers = DEMO / "answers" / "roi_two_stage.jsonl"
+    config = RoiConfig(roi_max_new_tokens=24, max_new_tokens=8)
+    run = roi_answer_file(
+        model,
+        processor,
+        str(EVAL_TOY / "llava_toy_val.jsonl"),
+        str(TOY / "images"),
+        str(answers),
+        config=config,
+        batch_size=16,
+    )
+    return {
+        **toy_roi_metrics(answers, EVAL_TOY / "toy_val_annotations.json"),
+        "sec_per_question": run["sec_per_question"],
+    }
+
+
+def stage_switch_pretrain() -> None:
+    env = {
+        "MODEL": str(CKPT / "system1"),
+        "DATA_PATH": str(TOY / "blip_laion_cc_sbu_toy.json"),
+        "IMAGE_FOLDER": str(TOY / "images"),
+        "OUTPUT_DIR": str(CKPT / "switch-pretrain"),
+        "DS_CONFIG": "./scripts/zero2.json",
+        **SWITCH_PRETRAIN,
+    }
+    sh("pretrain.sh", ROOT / "SwiLLaVA", env, DEMO / "logs" / "switch_pretrain.log")
+
+
+def stage_switch_train() -> None:
+    env = {
+        "MODEL": str(CKPT / "system1"),
+        "DATA_PATH": str(TOY / "seal"),
+        "IMAGE_FOLDER": str(TOY / "images"),
+        "OBJECT_PROJECTOR": str(CKPT / "switch-pretrain" / "mm_projector_object.safetensors"),
+        "OUTPUT_DIR": str(CKPT / "switch"),
+        "DS_CONFIG": "./scripts/zero2.json",
+        **SWITCH_TRAIN,
+    }
+    sh("finetune_lora.sh", ROOT / "SwiLLaVA", env, DEMO / "logs" / "switch_train.log")
+
+
+def stage_switch_eval() -> dict:
+    sys.path.insert(0, str(ROOT / "SwiLLaVA"))
+    from swillava.infer import SwitchAdapter, toy_switch_metrics
+
+    adapter = SwitchAdapter.from_pretrained(CKPT / "switch", max_new_tokens=24)
+    return toy_switch_metrics(
+        adapter,
+        str(EVAL_TOY / "llava_toy_val.jsonl"),
+        str(EVAL_TOY / "toy_val_annotations.json"),
+        str(TOY / "images"),
+        batch_size=32,
+    )
+
+
+ADAPTER_STAGES = {
+    "roi": (("roi_train", stage_roi_train), ("roi_eval", stage_roi_eval)),
+    "switch": (
+        ("switch_pretrain", stage_switch_pretrain),
+        ("switch_train", stage_switch_train),
+        ("switch_eval", stage_switch_eval),
+    ),
+}
+
+
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--adapters",
+        default="",
+        help="comma-separated adapter stages to add after System 1: roi, switch (their toy recipes are still being tuned)",
+    )
+    args = parser.parse_args()
     timings: dict[str, float] = {}
     results: dict = {}
     run_stage("toy_world", stage_world, timings)
@@ -158,6 +274,12 @@ def main() -> None:
     run_stage("system1_pretrain", stage_system1_pretrain, timings)
     run_stage("system1_finetune", stage_system1_finetune, timings)
     results["system1"] = run_stage("system1_eval", stage_system1_eval, timings)
+    for adapter in filter(None, args.adapters.split(",")):
+        if adapter not in ADAPTER_STAGES:
+            raise SystemExit(f"unknown adapter {adapter!r}; known: {sorted(ADAPTER_STAGES)}")
+        for name, fn in ADAPTER_STAGES[adapter]:
+            result = run_stage(name, fn, timings)
+        results[adapter] = result
     results["timings"] = {k: round(v, 1) for k, v in timings.items()}
     (DEMO / "results.json").write_text(json.dumps(results, indent=1))
     s1 = results["system1"]

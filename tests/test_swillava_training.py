@@ -54,7 +54,7 @@ def test_pretrain_then_two_lora_steps_give_a_loadable_switch(tiny_base, toy_worl
     log = run_sh(
         "finetune_lora.sh",
         {**common, "DATA_PATH": str(toy / "seal" / "toy_focus_data.json"), "OUTPUT_DIR": str(out), "MAX_STEPS": "2", "SAVE_STEPS": "1",
-         "OBJECT_PROJECTOR": str(object_file), "LR": "1e-2", "MM_LR": "1e-2", "LORA_R": "8", "LORA_ALPHA": "16"},
+         "OBJECT_PROJECTOR": str(object_file), "LR": "1e-2", "MM_PROJECTOR_LR": "1e-2", "LORA_R": "8", "LORA_ALPHA": "16"},
         tmp_path / "lora.log",
     )  # fmt: skip
     assert "'loss'" in log and "zero3.json" in log  # FaST's ZeRO-3 default

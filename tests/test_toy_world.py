@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from playground.toyworld import SHAPES, WorldSize, generate, make_scene, roi_params
-from playground.toyworld.world import MISSING_OBJECTS_PREFIX
+from playground.toyworld.world import MISSING_OBJECTS_PREFIX, roi_box
 from roillava.boxes import cos_box_from_params
 
 
@@ -58,6 +58,7 @@ def test_roi_params_cover_the_target_on_the_grid():
         box = cos_box_from_params([top, left, side], w, h)
         assert all(abs(v * 8 - round(v * 8)) < 1e-9 for v in box), box  # on the 1/8 grid
         assert box[2] - box[0] <= 0.5 + 1e-9
+        assert roi_box(scene.target.bbox, w, h) == box  # the annotation's label = Chain-of-Spot's conversion
 
 
 def test_formats(toy_world):

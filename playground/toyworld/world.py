@@ -33,23 +33,23 @@ SEG_CLASSES = ("background", "clutter", *(f"{c} object" for c in COLORS))
 class Question:
     text: str  # without the short-answer suffix
     answer: str
-    kind: str  # "pattern" | "color" | "position"
+    kind: str  # "pattern" | "color"
     difficulty: str  # "easy" | "hard"
+    target_name: str  # how the question refers to the target, and so how the switch names it
+
+
+def difficulty(t: Target) -> str:
+    """Any question about a small target is hard: at 112 px its pattern is gone, and System 1 read
+    even its colour only 46% of the time (3-6 px of blurred two-tone paint among grey clutter)."""
+    return "hard" if t.size == "small" else "easy"
 
 
 def pattern_question(t: Target) -> Question:
-    # The pattern survives the 112 px global view only on large targets.
-    return Question(
-        f"What pattern is on the {t.color} object?",
-        t.pattern,
-        "pattern",
-        "hard" if t.size == "small" else "easy",
-    )
+    return Question(f"What pattern is on the {t.color} object?", t.pattern, "pattern", difficulty(t), t.name)
 
 
 def color_question(t: Target) -> Question:
-    # Colour survives downsampling at every target size, so it is always easy.
-    return Question(f"What color is the {t.shape}?", t.color, "color", "easy")
+    return Question(f"What color is the {t.shape}?", t.color, "color", difficulty(t), t.shape)
 
 
 def position_answer(t: Target, width: int) -> str:
@@ -93,6 +93,19 @@ def roi_params(bbox: tuple[int, int, int, int], width: int, height: int) -> tupl
     raise ValueError(f"no ROI square fits bbox {bbox} in a {width}x{height} image")
 
 
+def roi_box(bbox: tuple[int, int, int, int], width: int, height: int) -> list[float]:
+    """The labelled ROI as Chain-of-Spot's answer: `[x1, y1, x2, y2]` on the padded frame."""
+    top, left, side = roi_params(bbox, width, height)
+    pad = max(width, height)
+    ox, oy = (pad - width) // 2, (pad - height) // 2
+    return [
+        round((left + ox) / pad, 3),
+        round((top + oy) / pad, 3),
+        round((left + ox + side) / pad, 3),
+        round((top + oy + side) / pad, 3),
+    ]
+
+
 def mask_polygons(mask: np.ndarray) -> list[list[list[int]]]:
     """Outer contours of a binary mask as ReasonSeg/labelme point lists."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -125,7 +138,7 @@ class WorldSize:
     train: int = 4000
     val: int = 400
     vstar: int = 200
-    seg_train: int = 1500
+    seg_train: int = 1000
     seg_val: int = 200
 
 
@@ -143,10 +156,9 @@ def generate(playground: Path, dataset: Path, *, seed: int = 0, size: WorldSize 
             cos_rois[f"{i:06d}_{record['id'].replace('/', '_')}_q{k}"] = {"params": params}
         instruct.append(record)
         captions.append(caption)
-        seal_direct.append(direct)
-        if focus is not None:
-            seal_focus.append(focus)
-            seal_negative.append(negative)
+        seal_direct += direct
+        seal_focus += focus
+        seal_negative += negative
 
     _write_json(toy / "llava_toy_instruct.json", instruct)
     _write_json(toy / "blip_laion_cc_sbu_toy.json", captions)
@@ -195,21 +207,24 @@ def _train_item(seed: int, img_root: Path, i: int) -> tuple:
             {"from": "gpt", "value": f"a {t.size} {t.color} {t.shape}, {t.pattern}, among grey clutter"},
         ],
     }
-    direct = _seal_record(rel, color_question(t), None)
-    pattern_q = pattern_question(t)
-    focus = negative = None
-    if pattern_q.difficulty == "hard":
-        focus = _seal_record(rel, pattern_q, t)
-        negative = {
-            "image": rel,
-            "conversations": [
-                {"from": "human", "value": "<image>\n" + pattern_q.text + SHORT_ANSWER_SUFFIX},
-                {"from": "gpt", "value": missing_objects_answer([t.name])},
-            ],
-            "target_instances": [{"name": t.name, "bbox": list(t.bbox)}],
-        }
-    else:
-        direct = _seal_record(rel, pattern_q, None)
+    # SEAL switch data: easy questions answered directly; hard ones both answered from evidence
+    # and refused with the missing-objects sentence that names the target as the question does.
+    direct, focus, negative = [], [], []
+    for q in questions:
+        if q.difficulty == "easy":
+            direct.append(_seal_record(rel, q, None))
+            continue
+        focus.append(_seal_record(rel, q, t))
+        negative.append(
+            {
+                "image": rel,
+                "conversations": [
+                    {"from": "human", "value": "<image>\n" + q.text + SHORT_ANSWER_SUFFIX},
+                    {"from": "gpt", "value": missing_objects_answer([q.target_name])},
+                ],
+                "target_instances": [{"name": q.target_name, "bbox": list(t.bbox)}],
+            }
+        )
     return record, caption, rois, direct, focus, negative
 
 
@@ -230,7 +245,7 @@ def _seal_record(rel: str, q: Question, evidence: Target | None) -> dict:
     }
     if evidence is not None:
         rec["search"] = True
-        rec["target_instances"] = [{"name": evidence.name, "bbox": list(evidence.bbox)}]
+        rec["target_instances"] = [{"name": q.target_name, "bbox": list(evidence.bbox)}]
     return rec
 
 
@@ -251,7 +266,7 @@ def _write_val(seed: int, n: int, img_root: Path) -> tuple[list[dict], dict]:
             "question": q.text,
             "image_size": [width, height],
             "target": {
-                "name": t.name,
+                "name": q.target_name,
                 "shape": t.shape,
                 "pattern": t.pattern,
                 "color": t.color,
@@ -259,6 +274,7 @@ def _write_val(seed: int, n: int, img_root: Path) -> tuple[list[dict], dict]:
                 "bbox": list(t.bbox),
             },
             "roi_params": list(roi_params(t.bbox, width, height)),
+            "roi_box": roi_box(t.bbox, width, height),
             "mask_rle": mask_to_rle(scene.mask),
         }
     return rows, ann
