@@ -1,13 +1,34 @@
 # Sourced by the training scripts: how to start the Python entry point.
 # LAUNCHER=deepspeed (default) uses every local GPU, or NUM_GPUS of them; on a CPU-only machine
-# DeepSpeed runs one gloo process. LAUNCHER=python runs without any launcher (no --deepspeed).
+# DeepSpeed runs one gloo process. LAUNCHER=python runs one process without a launcher (its
+# single-process distributed environment is set here, so DeepSpeed needs no mpi4py).
 LAUNCHER=${LAUNCHER:-deepspeed}
 MASTER_PORT=${MASTER_PORT:-$((29500 + RANDOM % 1000))}
 launch() {
     case "$LAUNCHER" in
         deepspeed) deepspeed ${NUM_GPUS:+--num_gpus "$NUM_GPUS"} --master_port "$MASTER_PORT" "$@" ;;
         torchrun) torchrun --nproc_per_node "${NUM_GPUS:-1}" --master_port "$MASTER_PORT" "$@" ;;
-        python) python "$@" ;;
+        python) RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT="$MASTER_PORT" python "$@" ;;
         *) echo "unknown LAUNCHER=$LAUNCHER (deepspeed | torchrun | python)" >&2; return 2 ;;
     esac
 }
+
+# Run plumbing every recipe shares (precision, length, schedule shape, logging, checkpoints);
+# each script adds its own data, model and hyper-parameters.
+COMMON_ARGS=(
+    --bf16 "${BF16:-True}"
+    --num_train_epochs "${EPOCHS:-1}"
+    --max_steps "${MAX_STEPS:--1}"
+    --gradient_accumulation_steps "${GRAD_ACC:-1}"
+    --save_strategy steps
+    --save_total_limit 1
+    --weight_decay 0.
+    --warmup_steps 0.03
+    --lr_scheduler_type cosine
+    --logging_steps "${LOG_STEPS:-1}"
+    --model_max_length "${MAX_LEN:-2048}"
+    --activation_checkpointing "${GRAD_CKPT:-True}"
+    --dataloader_num_workers "${WORKERS:-4}"
+    --seed "${SEED:-42}"
+    --report_to "${REPORT_TO:-none}"
+)

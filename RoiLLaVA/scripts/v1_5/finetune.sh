@@ -14,23 +14,9 @@ launch train.py \
     --data_path "${DATA_PATH:-../playground/data/llava_v1_5_mix665k.json}" \
     --image_folder "${IMAGE_FOLDER:-../playground/data}" \
     --image_aspect_ratio pad \
-    --bf16 "${BF16:-True}" \
     --output_dir "${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b}" \
-    --num_train_epochs "${EPOCHS:-1}" \
-    --max_steps "${MAX_STEPS:--1}" \
     --per_device_train_batch_size "${BATCH:-16}" \
-    --gradient_accumulation_steps "${GRAD_ACC:-1}" \
-    --save_strategy steps \
     --save_steps "${SAVE_STEPS:-50000}" \
-    --save_total_limit 1 \
     --learning_rate "${LR:-2e-5}" \
-    --weight_decay 0. \
-    --warmup_steps 0.03 \
-    --lr_scheduler_type cosine \
-    --logging_steps "${LOG_STEPS:-1}" \
-    --model_max_length "${MAX_LEN:-2048}" \
-    --activation_checkpointing "${GRAD_CKPT:-True}" \
-    --dataloader_num_workers "${WORKERS:-4}" \
-    --seed "${SEED:-42}" \
-    --report_to "${REPORT_TO:-none}" \
+    "${COMMON_ARGS[@]}" \
     ${EXTRA_ARGS:-}
