@@ -53,6 +53,8 @@ SWITCH_TRAIN = {
     "EXTRA_ARGS": f"{SWITCH_ARCH} --lora_dropout 0",
 }
 TOY_ENV = {
+    "IMAGE_FOLDER": str(TOY / "images"),
+    "DS_CONFIG": "./scripts/zero2.json",
     "BF16": "False",
     "NUM_GPUS": "1",
     "WORKERS": "1",
@@ -132,7 +134,6 @@ def stage_system1_pretrain() -> None:
     env = {
         "MODEL": str(BASE),
         "DATA_PATH": str(TOY / "blip_laion_cc_sbu_toy.json"),
-        "IMAGE_FOLDER": str(TOY / "images"),
         "OUTPUT_DIR": str(CKPT / "system1-pretrain"),
         **SYSTEM1_PRETRAIN,
     }
@@ -144,9 +145,7 @@ def stage_system1_finetune() -> None:
         "MODEL": str(BASE),
         "PROJECTOR": str(CKPT / "system1-pretrain" / "mm_projector.safetensors"),
         "DATA_PATH": str(TOY / "llava_toy_instruct.json"),
-        "IMAGE_FOLDER": str(TOY / "images"),
         "OUTPUT_DIR": str(CKPT / "system1"),
-        "DS_CONFIG": "./scripts/zero2.json",
         **SYSTEM1_FINETUNE,
     }
     sh("scripts/v1_5/finetune.sh", ROOT / "RoiLLaVA", env, DEMO / "logs" / "system1_finetune.log")
@@ -176,10 +175,8 @@ def stage_roi_train() -> None:
     env = {
         "MODEL": str(CKPT / "system1"),
         "DATA_PATH": str(TOY / "llava_toy_instruct.json"),
-        "IMAGE_FOLDER": str(TOY / "images"),
         "ROI_DATA": str(TOY / "chain-of-spot.json"),
         "OUTPUT_DIR": str(CKPT / "roi"),
-        "DS_CONFIG": "./scripts/zero2.json",
         **ROI_TRAIN,
     }
     sh("scripts/v1_5/finetune_lora.sh", ROOT / "RoiLLaVA", env, DEMO / "logs" / "roi_train.log")
@@ -213,9 +210,7 @@ def stage_switch_pretrain() -> None:
     env = {
         "MODEL": str(CKPT / "system1"),
         "DATA_PATH": str(TOY / "blip_laion_cc_sbu_toy.json"),
-        "IMAGE_FOLDER": str(TOY / "images"),
         "OUTPUT_DIR": str(CKPT / "switch-pretrain"),
-        "DS_CONFIG": "./scripts/zero2.json",
         **SWITCH_PRETRAIN,
     }
     sh("pretrain.sh", ROOT / "SwiLLaVA", env, DEMO / "logs" / "switch_pretrain.log")
@@ -225,10 +220,8 @@ def stage_switch_train() -> None:
     env = {
         "MODEL": str(CKPT / "system1"),
         "DATA_PATH": str(TOY / "seal"),
-        "IMAGE_FOLDER": str(TOY / "images"),
         "OBJECT_PROJECTOR": str(CKPT / "switch-pretrain" / "mm_projector_object.safetensors"),
         "OUTPUT_DIR": str(CKPT / "switch"),
-        "DS_CONFIG": "./scripts/zero2.json",
         **SWITCH_TRAIN,
     }
     sh("finetune_lora.sh", ROOT / "SwiLLaVA", env, DEMO / "logs" / "switch_train.log")
