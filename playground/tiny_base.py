@@ -32,7 +32,15 @@ from transformers import (
     SamModel,
 )
 
-from .toyworld import COLORS, MISSING_OBJECTS_PREFIX, PATTERNS, SEG_CLASSES, SHAPES, SHORT_ANSWER_SUFFIX
+from .toyworld import (
+    COLORS,
+    GROUNDING_PROMPT,
+    MISSING_OBJECTS_PREFIX,
+    PATTERNS,
+    SEG_CLASSES,
+    SHAPES,
+    SHORT_ANSWER_SUFFIX,
+)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -82,6 +90,7 @@ def toy_corpus() -> list[str]:
     for color, pattern in itertools.product(COLORS, PATTERNS):
         lines += [
             f"What pattern is on the {color} object? {pattern}",
+            f"The {color} object has {pattern}. The {color} object is {pattern}.",
             f'To answer the question: "What pattern is on the {color} object?", where is the region of interest in the image?',
             f"a large {color} star, {pattern}, among grey clutter",
         ]
@@ -92,6 +101,8 @@ def toy_corpus() -> list[str]:
             f"a large {color} {shape} among grey clutter. a small {color} {shape} among grey clutter.",
             f"Is the {color} object on the left or right side of the image? left right",
             f"{MISSING_OBJECTS_PREFIX} {color} object.",
+            GROUNDING_PROMPT.format(f"the {color} object"),
+            f"The {shape} is {color}.",
             f"Additional visual information to focus on: {color} object <object> at location [0.125,0.250,0.500,0.625].",
             f'To answer the question: "What shape is the {color} object?", where is the region of interest in the image?',
             f'To answer the question: "What color is the {shape}?", what is the region of interest in the image?',
@@ -113,9 +124,20 @@ def toy_corpus() -> list[str]:
 
 
 def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    """Llama-style BPE (metaspace, byte-free) trained on the toy corpus."""
+    """Llama-style BPE (metaspace, byte-free) trained on the toy corpus.
+
+    Digits and punctuation are split like LLaMA's SentencePiece splits digits: otherwise BPE merges
+    fragments such as `5]` or `,0.`, and a box list gets a different token sequence every time,
+    which a tiny model never learns to close.
+    """
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True),
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.Punctuation(behavior="isolated"),
+        ]
+    )
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=True)
     alphabet = [chr(c) for c in range(32, 127)] + ["\n", "▁"]
     trainer = trainers.BpeTrainer(

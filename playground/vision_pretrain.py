@@ -2,8 +2,11 @@
 
 Real LLaVA starts from a pretrained CLIP; a tower trained from scratch inside LLaVA does not
 learn to see in minutes on a CPU. So the tower is first trained on dense per-patch labels
-(the target's colour, its pattern when it is big enough to be read, and its size class) over
-global views and zoomed crops, then frozen. The result is a `CLIPVisionModel` directory that
+(the target's colour, its pattern when it is big enough to be read, its size class, and where the
+patch sits in the view) over global views and zoomed crops, then frozen. The position heads keep
+the patch's place in its features, as real CLIP features do: without them a linear probe read a
+patch's row from the projected features 24% of the time (chance 14%), and the ROI adapter could
+not learn to point. The result is a `CLIPVisionModel` directory that
 `tiny_base.py --vision-tower` drops into the tiny LLaVA.
 
     python -m playground.vision_pretrain --out playground/tiny_tower --steps 1500
@@ -15,7 +18,7 @@ import argparse
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -99,11 +102,29 @@ def make_view(scene: tuple, rng: random.Random, image_size: int, patch: int) -> 
 
 
 class PatchHeads(nn.Module):
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, grid: int):
         super().__init__()
         self.colour = nn.Linear(hidden, len(COLORS) + 1)
         self.pattern = nn.Linear(hidden, len(PATTERNS) + 1)
         self.size = nn.Linear(hidden, 3)
+        self.row = nn.Linear(hidden, grid)
+        self.col = nn.Linear(hidden, grid)
+
+
+def patch_rows_cols(batch: int, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    index = torch.arange(grid * grid).expand(batch, -1)
+    return index // grid, index % grid
+
+
+@dataclass(frozen=True)
+class TowerPretrainConfig:
+    """The recipe of the committed tower; saved next to it as `pretrain_config.json`."""
+
+    steps: int = 1500
+    scenes: int = 2000
+    batch: int = 32
+    lr: float = 1e-3
+    seed: int = 0
 
 
 @torch.no_grad()
@@ -123,16 +144,23 @@ def evaluate_tower(tower, heads: PatchHeads, *, scenes: int = 200, seed: int = 1
         pred = getattr(heads, name)(feats).argmax(-1)
         on_target = labels > 0
         result[f"{name}_acc_on_target"] = round((pred == labels)[on_target].float().mean().item(), 3)
+    rows, cols = patch_rows_cols(feats.shape[0], cfg.image_size // cfg.patch_size)
+    for name, labels in (("row", rows), ("col", cols)):
+        result[f"{name}_acc"] = round(
+            (getattr(heads, name)(feats).argmax(-1) == labels).float().mean().item(), 3
+        )
     return result
 
 
-def pretrain_tower(out: Path, *, steps: int, scenes: int, batch: int, lr: float, seed: int = 0) -> dict:
+def pretrain_tower(out: Path, recipe: TowerPretrainConfig) -> dict:
     from transformers import CLIPVisionModel
 
     cfg = TinyBaseConfig()
+    steps, scenes, batch, lr, seed = recipe.steps, recipe.scenes, recipe.batch, recipe.lr, recipe.seed
     torch.manual_seed(seed)
     tower = CLIPVisionModel(vision_config(cfg))
-    heads = PatchHeads(cfg.vision_hidden)
+    grid = cfg.image_size // cfg.patch_size
+    heads = PatchHeads(cfg.vision_hidden, grid)
     opt = torch.optim.AdamW([*tower.parameters(), *heads.parameters()], lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     start = time.perf_counter()
@@ -160,6 +188,10 @@ def pretrain_tower(out: Path, *, steps: int, scenes: int, batch: int, lr: float,
             ),
             "size": F.cross_entropy(heads.size(feats).flatten(0, 1), labels["size"].reshape(-1)),
         }
+        rows, cols = patch_rows_cols(batch, grid)
+        losses["position"] = F.cross_entropy(
+            heads.row(feats).flatten(0, 1), rows.reshape(-1)
+        ) + F.cross_entropy(heads.col(feats).flatten(0, 1), cols.reshape(-1))
         loss = sum(losses.values())
         opt.zero_grad()
         loss.backward()
@@ -169,7 +201,7 @@ def pretrain_tower(out: Path, *, steps: int, scenes: int, batch: int, lr: float,
             log = {k: round(v.item(), 3) for k, v in losses.items()}
             print(f"step {step} {log} {time.perf_counter() - start:.0f}s", flush=True)
     tower.save_pretrained(out)
-    torch.save(heads.state_dict(), out / "patch_heads.pt")
+    (out / "pretrain_config.json").write_text(json.dumps(asdict(recipe), indent=1))
     log.update(evaluate_tower(tower, heads))
     (out / "pretrain_metrics.json").write_text(json.dumps(log, indent=1))
     print(log)
@@ -179,12 +211,11 @@ def pretrain_tower(out: Path, *, steps: int, scenes: int, batch: int, lr: float,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("playground/tiny_tower"))
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--scenes", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    args = p.parse_args()
-    pretrain_tower(args.out, steps=args.steps, scenes=args.scenes, batch=args.batch, lr=args.lr)
+    for field in fields(TowerPretrainConfig):
+        p.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
+    args = vars(p.parse_args())
+    out = args.pop("out")
+    pretrain_tower(out, TowerPretrainConfig(**args))
 
 
 if __name__ == "__main__":

@@ -65,15 +65,21 @@ def test_four_turn_conversation_labels_and_images(toy, padded_processor, model_c
     item = ds[index]
     ids, labels = item["input_ids"].tolist(), item["labels"].tolist()
     rec = toy["records"][index]
-    k = ds.question_index(index, 2)
-    q = rec["conversations"][2 * k]["value"].replace("<image>\n", "")
-    answer = rec["conversations"][2 * k + 1]["value"]
-    other_q = rec["conversations"][2 * (1 - k)]["value"].replace("<image>\n", "")
-    other_answer = rec["conversations"][2 * (1 - k) + 1]["value"]
+    turns = [
+        (
+            rec["conversations"][2 * j]["value"].replace("<image>\n", ""),
+            rec["conversations"][2 * j + 1]["value"],
+        )
+        for j in range(len(rec["conversations"]) // 2)
+    ]
+    assert len(turns) == 3
+    k = ds.question_index(index, len(turns))
+    q, answer = turns[k]
+    others = [turn for j, turn in enumerate(turns) if j != k]
     image = open_image(toy["images"] / rec["image"])
     params = toy["roi_json"][f"{index:06d}_toy_{index:06d}_q{k}"]["params"]
     box = cos_box_from_params(params, *image.size)
-    assert q.endswith(SUFFIX) and len(str(box)) > 10
+    assert len(str(box)) > 10
 
     # The exact §3.2 strings, each piece tokenised on its own as training does (split at <image>).
     def t(text):
@@ -90,8 +96,13 @@ def test_four_turn_conversation_labels_and_images(toy, padded_processor, model_c
         (t("USER: The region of interest in the image is ") + img, False),
         (t(f'\n. Answer the question: "{q}" ASSISTANT:'), False),
         (t(answer) + eos, True),
-        (t(f"USER: Now answer the following questions based on the raw image: {other_q} ASSISTANT:"), False),
-        (t(other_answer) + eos, True),
+        (
+            t(f"USER: Now answer the following questions based on the raw image: {others[0][0]} ASSISTANT:"),
+            False,
+        ),
+        (t(others[0][1]) + eos, True),
+        (t(f"USER: {others[1][0]} ASSISTANT:"), False),
+        (t(others[1][1]) + eos, True),
     ]
     assert ids == [i for piece, _ in pieces for i in piece]
     assert labels == [i if sup else IGNORE_INDEX for piece, sup in pieces for i in piece]
@@ -112,7 +123,7 @@ def test_other_wording_is_a_flag(toy, padded_processor, model_config):
 def test_question_choice_is_seeded_per_epoch(toy, padded_processor, model_config):
     def draws(ds, epoch):
         ds.set_epoch(epoch)
-        return [ds.question_index(i, 2) for i in range(len(ds))]
+        return [ds.question_index(i, 3) for i in range(len(ds))]
 
     a, b = (
         make(toy, padded_processor, model_config, seed=7),
@@ -121,13 +132,13 @@ def test_question_choice_is_seeded_per_epoch(toy, padded_processor, model_config
     assert draws(a, 0) == draws(b, 0) and draws(a, 1) == draws(b, 1)
     assert draws(a, 0) != draws(a, 1)  # a fresh draw each epoch
     assert draws(a, 0) != draws(make(toy, padded_processor, model_config, seed=8), 0)
-    assert set(draws(a, 0)) == {0, 1}
+    assert set(draws(a, 0)) == {0, 1, 2}
     # The same draw whenever the sample is loaded within an epoch.
     a.set_epoch(2)
     assert torch.equal(a[4]["input_ids"], a[4]["input_ids"])
     turns, _ = a.turns_and_images(4)
     rec = toy["records"][4]
-    assert turns[1][1] == rec["conversations"][2 * a.question_index(4, 2) + 1]["value"]
+    assert turns[1][1] == rec["conversations"][2 * a.question_index(4, 3) + 1]["value"]
     # The trainer sets the epoch at each epoch start; a run resumed mid-epoch gets that epoch back.
     callback, state = EpochCallback(a), TrainerState()
     for epoch, expected in [(None, 0), (1.0, 1), (1.5, 1), (2.9999999, 2)]:
@@ -152,8 +163,8 @@ def test_missing_roi_and_text_only_fall_back_and_are_counted(toy, padded_process
         "records": 25,
         "skipped": 0,
         "truncated": 0,
-        "roi_questions": 48,
-        "roi_missing": 2,
+        "roi_questions": 72,
+        "roi_missing": 3,
         "text_only_records": 1,
         "served_roi_fallbacks": 0,
         "served_text_only": 0,

@@ -41,7 +41,7 @@ def test_finetune_lora_two_steps_saves_adapter_with_projector(tiny_base, toy_wor
     assert config["data"]["roi_data_path"] == env["ROI_DATA"] and config["data"]["roi_wording"] == "where"
     assert config["training"]["mm_projector_lr"] == 1e-2 and config["training"]["lora_enable"] is True
     summary = json.loads((out / "data_summary.json").read_text())
-    assert summary["roi_questions"] == 2 * toy_world["size"].train and summary["roi_missing"] == 0
+    assert summary["roi_questions"] == 3 * toy_world["size"].train and summary["roi_missing"] == 0
 
     merged, processor = load_for_inference(str(out))
     projector = find_projector(merged).state_dict()

@@ -2,12 +2,14 @@
 
 import json
 import random
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from playground.toyworld import SHAPES, WorldSize, generate, make_scene, roi_params
+from playground.toyworld.scene import LARGE_SIDE, SMALL_SIDE
 from playground.toyworld.world import MISSING_OBJECTS_PREFIX, roi_box
 from roillava.boxes import cos_box_from_params
 
@@ -42,7 +44,7 @@ def test_scene_sizes_and_masks():
         assert scene.mask.shape == (scene.image.height, scene.image.width)
         ys, xs = np.nonzero(scene.mask)
         assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x, y, x + w, y + h)
-        lo, hi = (64, 128) if t.size == "large" else (12, 24)
+        lo, hi = LARGE_SIDE if t.size == "large" else SMALL_SIDE
         assert lo - 2 <= max(w, h) <= hi + 2
         assert t.shape in SHAPES
     assert sizes == {(448, 336), (336, 448), (448, 448)}
@@ -69,20 +71,28 @@ def test_formats(toy_world):
     for rec in instruct:
         assert rec["conversations"][0]["value"].startswith("<image>\n")
         assert (toy / "images" / rec["image"]).is_file()
+        grounding_q, grounding_a = (turn["value"] for turn in rec["conversations"][-2:])
+        assert grounding_q.startswith("Please provide the bounding box coordinate of the region")
+        x1, y1, x2, y2 = json.loads(grounding_a)
+        assert (
+            0 <= x1 < x2 <= 1
+            and 0 <= y1 < y2 <= 1
+            and re.fullmatch(r"\[(\d\.\d\d, ){3}\d\.\d\d\]", grounding_a)
+        )
     captions = json.loads((toy / "blip_laion_cc_sbu_toy.json").read_text())
     assert captions[0]["image"] == instruct[0]["image"]
     rois = json.loads((toy / "chain-of-spot.json").read_text())
-    assert len(rois) == 2 * size.train
-    assert f"000003_{instruct[3]['id']}_q1" in rois and len(rois["000003_toy_000003_q1"]["params"]) == 3
+    assert len(rois) == 3 * size.train  # one per question, the grounding turn included
+    assert f"000003_{instruct[3]['id']}_q2" in rois and len(rois["000003_toy_000003_q1"]["params"]) == 3
 
     negatives = json.loads((toy / "seal" / "toy_negative_data.json").read_text())
     focus = json.loads((toy / "seal" / "toy_focus_data.json").read_text())
-    assert len(negatives) == len(focus) > 0
+    # one negative record per small-target image, one turn per hard question; one focus record each
+    assert sum(len(rec["conversations"]) // 2 for rec in negatives) == len(focus) > 0
     for rec in negatives:
-        assert (
-            rec["conversations"][1]["value"]
-            == f"{MISSING_OBJECTS_PREFIX} {rec['target_instances'][0]['name']}."
-        )
+        names = [inst["name"] for inst in rec["target_instances"]]
+        answers = [c["value"] for c in rec["conversations"][1::2]]
+        assert answers == [f"{MISSING_OBJECTS_PREFIX} {name}." for name in names]
     for rec in focus:
         n_obj = sum(c["value"].count("<object>") for c in rec["conversations"])
         assert n_obj == len(rec["target_instances"]) == 1 and "search" in rec

@@ -2,6 +2,7 @@
 
 from .scene import COLORS, PATTERNS, SHAPES, Scene, Target, make_scene
 from .world import (
+    GROUNDING_PROMPT,
     MISSING_OBJECTS_PREFIX,
     SEG_CLASSES,
     SHORT_ANSWER_SUFFIX,
@@ -16,7 +17,7 @@ from .world import (
 
 __all__ = [
     "COLORS",
-    "PATTERNS", "MISSING_OBJECTS_PREFIX", "SEG_CLASSES", "SHAPES", "SHORT_ANSWER_SUFFIX", "Question", "Scene",
+    "PATTERNS", "GROUNDING_PROMPT", "MISSING_OBJECTS_PREFIX", "SEG_CLASSES", "SHAPES", "SHORT_ANSWER_SUFFIX", "Question", "Scene",
     "Target", "WorldSize", "color_question", "generate", "make_scene", "missing_objects_answer", "roi_params",
     "pattern_question",
 ]  # fmt: skip

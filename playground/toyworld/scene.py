@@ -2,8 +2,8 @@
 
 The world is built so that System 2 matters. The target's pattern (stripes or checks, three
 periods across the object, or plain) scales with the object: on a large target (64-128 px on a
-448 px canvas) it survives the model's global 112 px view, while on a small one (12-24 px, so
-3-6 px after downsampling) the stripes blur into the plain mean colour, and only a closer look
+448 px canvas) it survives the model's global 112 px view, while on a small one (20-30 px, so
+5-7 px after downsampling) the stripes blur into the plain mean colour, and only a closer look
 (a crop) shows them. Every pattern has the same mean colour, so colour is always readable.
 The pattern is also readable from any fragment of the object, which a tiny vision tower learns in
 minutes (global shape needs attention across patches and does not). Clutter is grey and never
@@ -32,7 +32,7 @@ PATTERNS: tuple[str, ...] = ("horizontal stripes", "vertical stripes", "checkere
 PATTERN_PERIODS = 3  # stripe pairs across the object: the pattern scales with the object
 CANVAS_SIZES: tuple[tuple[int, int], ...] = ((448, 336), (336, 448), (448, 448))
 LARGE_SIDE = (64, 128)
-SMALL_SIDE = (12, 24)
+SMALL_SIDE = (20, 30)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ class Question:
 
 def difficulty(t: Target) -> str:
     """Any question about a small target is hard: at 112 px its pattern is gone, and System 1 read
-    even its colour only 46% of the time (3-6 px of blurred two-tone paint among grey clutter)."""
+    even its colour only 44% of the time (5-7 px of blurred two-tone paint among grey clutter)."""
     return "hard" if t.size == "small" else "easy"
 
 
@@ -55,6 +55,36 @@ def color_question(t: Target) -> Question:
 def position_answer(t: Target, width: int) -> str:
     x, _, w, _ = t.bbox
     return "left" if x + w / 2 < width / 2 else "right"
+
+
+_PATTERN_PREDICATES = {
+    "horizontal stripes": "has horizontal stripes",
+    "vertical stripes": "has vertical stripes",
+    "checkered": "is checkered",
+    "plain": "is plain",
+}
+
+
+def sentence_answer(q: Question) -> str:
+    """The conversational answer: the question's subject, as the question names it, then the answer."""
+    predicate = _PATTERN_PREDICATES[q.answer] if q.kind == "pattern" else f"is {q.answer}"
+    return f"The {q.target_name} {predicate}."
+
+
+GROUNDING_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: {}."
+
+
+def grounding_turn(t: Target, width: int, height: int) -> tuple[str, str]:
+    """LLaVA-1.5's RefCOCO-style grounding question and answer (2 decimals, on the padded square).
+
+    LLaVA-665K mixes such region data into instruction tuning; here it is what teaches System 1
+    where things are, which the ROI adapter then builds on.
+    """
+    pad = max(width, height)
+    ox, oy = (pad - width) // 2, (pad - height) // 2
+    x, y, w, h = t.bbox
+    box = [(x + ox) / pad, (y + oy) / pad, (x + w + ox) / pad, (y + h + oy) / pad]
+    return GROUNDING_PROMPT.format(f"the {t.color} object"), "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
 
 
 def missing_objects_answer(names: list[str]) -> str:
@@ -193,11 +223,23 @@ def _train_item(seed: int, img_root: Path, i: int) -> tuple:
     rng.shuffle(questions)
     convs = []
     for k, q in enumerate(questions):
+        # Half the turns are conversational, as in LLaVA-Instruct: no short-answer suffix, and an
+        # answer that restates its subject. System 1 thereby learns to copy a name from the question,
+        # which the switch adapter needs to name the missing objects.
+        long_form = rng.random() < 0.5
         convs.append(
-            {"from": "human", "value": ("<image>\n" if k == 0 else "") + q.text + SHORT_ANSWER_SUFFIX}
+            {
+                "from": "human",
+                "value": ("<image>\n" if k == 0 else "")
+                + q.text
+                + ("" if long_form else SHORT_ANSWER_SUFFIX),
+            }
         )
-        convs.append({"from": "gpt", "value": q.answer})
-    rois = [list(roi_params(t.bbox, width, height)) for _ in questions]
+        convs.append({"from": "gpt", "value": sentence_answer(q) if long_form else q.answer})
+    grounding_q, grounding_a = grounding_turn(t, width, height)
+    convs += [{"from": "human", "value": grounding_q}, {"from": "gpt", "value": grounding_a}]
+    # one ROI per human turn, the grounding one included (Chain-of-Spot keys every question)
+    rois = [list(roi_params(t.bbox, width, height)) for _ in range(len(convs) // 2)]
     record = {"id": f"toy_{i:06d}", "image": rel, "conversations": convs}
     caption = {
         "id": record["id"],
@@ -209,20 +251,21 @@ def _train_item(seed: int, img_root: Path, i: int) -> tuple:
     }
     # SEAL switch data: easy questions answered directly; hard ones both answered from evidence
     # and refused with the missing-objects sentence that names the target as the question does.
-    direct, focus, negative = [], [], []
-    for q in questions:
-        if q.difficulty == "easy":
-            direct.append(_seal_record(rel, q, None))
-            continue
-        focus.append(_seal_record(rel, q, t))
+    # Direct and negative records hold every such question of the image as turns (LLaVA records are
+    # multi-turn): the image is encoded once for all of them. Focus records keep one question each,
+    # as SEAL's do, since each turn would need its own `<object>`.
+    easy = [q for q in questions if q.difficulty == "easy"]
+    hard = [q for q in questions if q.difficulty == "hard"]
+    direct = [_multi_turn_record(rel, [(q.text, q.answer) for q in easy])] if easy else []
+    focus = [_seal_record(rel, q, t) for q in hard]
+    negative = []
+    if hard:
         negative.append(
             {
-                "image": rel,
-                "conversations": [
-                    {"from": "human", "value": "<image>\n" + q.text + SHORT_ANSWER_SUFFIX},
-                    {"from": "gpt", "value": missing_objects_answer([q.target_name])},
+                **_multi_turn_record(rel, [(q.text, missing_objects_answer([q.target_name])) for q in hard]),
+                "target_instances": [
+                    {"name": name, "bbox": list(t.bbox)} for name in {q.target_name: 0 for q in hard}
                 ],
-                "target_instances": [{"name": q.target_name, "bbox": list(t.bbox)}],
             }
         )
     return record, caption, rois, direct, focus, negative
@@ -231,6 +274,16 @@ def _train_item(seed: int, img_root: Path, i: int) -> tuple:
 def _save_image(img: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, quality=95)
+
+
+def _multi_turn_record(rel: str, turns: list[tuple[str, str]]) -> dict:
+    conversations = []
+    for k, (question, answer) in enumerate(turns):
+        conversations.append(
+            {"from": "human", "value": ("<image>\n" if k == 0 else "") + question + SHORT_ANSWER_SUFFIX}
+        )
+        conversations.append({"from": "gpt", "value": answer})
+    return {"image": rel, "conversations": conversations}
 
 
 def _seal_record(rel: str, q: Question, evidence: Target | None) -> dict:
