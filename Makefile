@@ -22,6 +22,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest
 
+# Single vs batched (8) throughput of the System-1 runner on the tiny model (eval/bench_answerer.py).
+bench-eval: $(STAMP)
+	$(PY) -m eval.bench_answerer
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

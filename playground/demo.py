@@ -29,7 +29,7 @@ CKPT = DEMO / "checkpoints"
 SYSTEM1_PRETRAIN = {"MAX_STEPS": "100", "BATCH": "16", "LR": "2e-3"}
 SYSTEM1_FINETUNE = {"MAX_STEPS": "900", "BATCH": "16", "LR": "1e-3"}
 ROI_TRAIN = {
-    "MAX_STEPS": "200",
+    "MAX_STEPS": "150",
     "BATCH": "16",
     "LR": "1e-3",
     "MM_PROJECTOR_LR": "1e-3",
@@ -38,16 +38,16 @@ ROI_TRAIN = {
 }
 SWITCH_ARCH = "--object_projector_depth 2 --object_projector_heads 4 --object_projector_dim_head 48"
 SWITCH_PRETRAIN = {
-    "MAX_STEPS": "60",
+    "MAX_STEPS": "40",
     "BATCH": "16",
     "LR": "2e-3",
     "EXTRA_ARGS": f"{SWITCH_ARCH} --warmup_steps 0",
 }
 SWITCH_TRAIN = {
-    "MAX_STEPS": "250",
+    "MAX_STEPS": "180",
     "BATCH": "16",
-    "LR": "1e-3",
-    "MM_PROJECTOR_LR": "1e-3",
+    "LR": "2e-3",
+    "MM_PROJECTOR_LR": "2e-3",
     "LORA_R": "16",
     "LORA_ALPHA": "32",
     "EXTRA_ARGS": f"{SWITCH_ARCH} --lora_dropout 0",
@@ -190,7 +190,7 @@ def stage_roi_eval() -> dict:
 
     model, processor = load_for_inference(str(CKPT / "roi"))
     answers = DEMO / "answers" / "roi_two_stage.jsonl"
-    config = RoiConfig(roi_max_new_tokens=24, max_new_tokens=8)
+    config = RoiConfig(roi_max_new_tokens=32, max_new_tokens=8)
     run = roi_answer_file(
         model,
         processor,
@@ -241,13 +241,297 @@ def stage_switch_eval() -> dict:
     )
 
 
+# --- the FaST agent on the toy V*-style set (issue 6) ----------------------------------------------------
+VSTAR_TOY = PLAYGROUND / "data" / "eval" / "vstar_toy"
+AGENT_DIR = DEMO / "agent"
+# name: (mode, evidence). The last two are the evidence ablation; "fast" is its roi+seg entry.
+AGENT_RUNS = {
+    "system1": ("system1", "roi+seg"),
+    "system2_always": ("system2_always", "roi+seg"),
+    "fast": ("fast", "roi+seg"),
+    "fast_roi": ("fast", "roi"),
+    "fast_seg": ("fast", "seg"),
+}
+AGENT_KNOBS = {
+    "switch_max_new_tokens": 16,
+    "roi_max_new_tokens": 32,
+    "answer_max_new_tokens": 8,
+    "batch_size": 32,  # System-2 rows are a third of each batch: larger batches keep those stages batched
+}
+REPORT_OVERLAYS = 4
+
+
+def agent_config(mode: str = "fast", evidence: str = "roi+seg"):
+    """The demo's AgentConfig: the four toy checkpoints, questions asked as the adapters were trained."""
+    from fast.config import AgentConfig
+    from playground.toyworld import SHORT_ANSWER_SUFFIX
+
+    return AgentConfig(
+        base=str(CKPT / "system1"),
+        switch=str(CKPT / "switch"),
+        roi=str(CKPT / "roi"),
+        seg=str(CKPT / "seg"),
+        mode=mode,
+        evidence=evidence,
+        question_suffix=SHORT_ANSWER_SUFFIX,
+        **AGENT_KNOBS,
+    )
+
+
+def vstar_toy_is_hard(bbox: list[float]) -> bool:
+    """Hard iff the target is small: the toy world draws small targets 12-24 px wide, large ones 64-128."""
+    from playground.toyworld.scene import LARGE_SIDE, SMALL_SIDE
+
+    return max(bbox[2], bbox[3]) < (SMALL_SIDE[1] + LARGE_SIDE[0]) / 2
+
+
+def vstar_toy_scores(answers_file: Path) -> dict:
+    """Accuracy on easy, hard and all questions and the System-2 rate (overall, hard, easy)."""
+    counts = {"easy": [0, 0, 0], "hard": [0, 0, 0]}  # questions, correct, System 2
+    for line in answers_file.read_text().splitlines():
+        meta = json.loads(line)["metadata"]
+        c = counts["hard" if vstar_toy_is_hard(meta["bbox"][0]) else "easy"]
+        c[0] += 1
+        c[1] += bool(meta["correct"])
+        c[2] += meta["system"] == "system2"
+    (ne, ce, se), (nh, ch, sh_) = counts["easy"], counts["hard"]
+    return {
+        "acc_easy": ce / max(1, ne),
+        "acc_hard": ch / max(1, nh),
+        "acc_all": (ce + ch) / max(1, ne + nh),
+        "system2_rate": (se + sh_) / max(1, ne + nh),
+        "system2_rate_hard": sh_ / max(1, nh),
+        "system2_rate_easy": se / max(1, ne),
+        "n_easy": ne,
+        "n_hard": nh,
+    }
+
+
+def stage_agent_eval() -> dict:
+    """System 1 only, System 2 always and FaST (and FaST per evidence mode) on one loaded agent."""
+    from fast.agent import FastAgent
+    from fast.model import FastModel
+    from fast.run import answer_vstar
+
+    model = FastModel(agent_config())
+    print(f"[demo] {model.memory.summary()}", flush=True)
+    AGENT_DIR.mkdir(parents=True, exist_ok=True)
+    # Warm-up through every stage, so no timed run pays one-time costs.
+    warmup = AGENT_DIR / "warmup.jsonl"
+    for f in (warmup, warmup.with_name("warmup.traces.jsonl")):
+        f.unlink(missing_ok=True)
+    answer_vstar(FastAgent(agent_config("system2_always"), model), VSTAR_TOY, warmup, num_chunks=50)
+    runs = {}
+    for name, (mode, evidence) in AGENT_RUNS.items():
+        answers = AGENT_DIR / f"{name}.jsonl"
+        for f in (answers, answers.with_name(f"{name}.traces.jsonl")):
+            f.unlink(missing_ok=True)  # a clean, whole run: its time per question is the measurement
+        config = agent_config(mode, evidence)
+        summary = answer_vstar(FastAgent(config, model), VSTAR_TOY, answers, batch_size=config.batch_size)
+        runs[name] = {**vstar_toy_scores(answers), "sec_per_question": summary["sec_per_question"]}
+        print(f"[demo] agent {name}: {json.dumps(runs[name])}", flush=True)
+    keys = ("acc_easy", "acc_hard", "acc_all", "sec_per_question")
+    result = {
+        "system1": {k: runs["system1"][k] for k in keys},
+        "system2_always": {k: runs["system2_always"][k] for k in keys},
+        "fast": {**{k: runs["fast"][k] for k in keys}, "system2_rate": runs["fast"]["system2_rate"]},
+        "memory": {
+            "agent_params": model.memory.agent_params,
+            "llava_plus_sam_params": model.memory.llava_plus_sam_params,
+        },
+        "memory_breakdown": model.memory.breakdown,
+        "evidence_ablation": {"roi": runs["fast_roi"], "seg": runs["fast_seg"], "roi+seg": runs["fast"]},
+        "runs": runs,
+        "agent_config": json.loads(agent_config().to_json()),
+    }
+    (AGENT_DIR / "agent_eval.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def agent_acceptance(result: dict) -> dict[str, bool]:
+    """Issue 6's acceptance, measured on the toy V*-style set."""
+    s1, s2, fast, mem = result["system1"], result["system2_always"], result["fast"], result["memory"]
+    return {
+        "fast acc >= System-2-always acc - 1 pt": fast["acc_all"] >= s2["acc_all"] - 0.01,
+        "fast hard acc >= System-1 hard acc + 20 pts": fast["acc_hard"] >= s1["acc_hard"] + 0.20,
+        "fast sec/question <= 0.6 x System-2-always": fast["sec_per_question"]
+        <= 0.6 * s2["sec_per_question"],
+        "agent_params <= 1.1 x llava_plus_sam_params": mem["agent_params"]
+        <= 1.1 * mem["llava_plus_sam_params"],
+    }
+
+
+def agent_table(result: dict) -> str:
+    """The demo's table: accuracy on easy, hard and all questions, System-2 rate, seconds per question."""
+    lines = [
+        "| system | acc_easy | acc_hard | acc_all | System-2 rate | s/question |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = [
+        ("System 1 only", result["system1"], 0.0),
+        ("System 2 always", result["system2_always"], 1.0),
+        ("FaST", result["fast"], result["fast"]["system2_rate"]),
+    ]
+    for label, r, rate in rows:
+        lines.append(
+            f"| {label} | {r['acc_easy']:.3f} | {r['acc_hard']:.3f} | {r['acc_all']:.3f} | {rate:.3f} "
+            f"| {r['sec_per_question']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def stage_agent_report() -> dict:
+    """`playground/demo/report.md`: the table, acceptance, memory, the evidence ablation and System-2 traces."""
+    from fast.trace import Trace, draw_overlay
+    from roillava.data import open_image
+
+    result = json.loads((AGENT_DIR / "agent_eval.json").read_text())
+    overlays = DEMO / "report"
+    overlays.mkdir(parents=True, exist_ok=True)
+    traces = [
+        Trace.from_dict(json.loads(line))
+        for line in (AGENT_DIR / "fast.traces.jsonl").read_text().splitlines()
+    ]
+    system2 = [t for t in traces if t.system == "system2" and t.image]
+    # A few of each: right and wrong answers (option 0 is the right one).
+    right = [t for t in system2 if t.answer == t.options[0]]
+    wrong = [t for t in system2 if t.answer != t.options[0]]
+    picked = right[: REPORT_OVERLAYS - min(1, len(wrong))] + wrong[:1]
+    picked += [t for t in right + wrong if t not in picked][: REPORT_OVERLAYS - len(picked)]
+    mem = result["memory"]
+    parts = [
+        "# FaST on the toy V*-style set",
+        "",
+        f"{result['runs']['fast']['n_easy']} easy and {result['runs']['fast']['n_hard']} hard questions "
+        "(hard: the target is small), options scored by likelihood; one agent in memory for every run.",
+        "",
+        agent_table(result),
+        "",
+        "## Acceptance",
+        "",
+        *[f"- [{'x' if ok else ' '}] {name}" for name, ok in agent_acceptance(result).items()],
+        "",
+        "## Memory (resident parameters, each tensor once)",
+        "",
+        f"agent {mem['agent_params']:,} vs one LLaVA + SAM {mem['llava_plus_sam_params']:,} "
+        f"(x{mem['agent_params'] / mem['llava_plus_sam_params']:.3f})",
+        "",
+        "| part | parameters |",
+        "|---|---|",
+        *[f"| {k} | {v:,} |" for k, v in result["memory_breakdown"].items()],
+        "",
+        "## Evidence ablation (FaST; the switch decides, System 2 feeds back this evidence)",
+        "",
+        "| evidence | acc_easy | acc_hard | acc_all | System-2 rate | s/question |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {mode} | {r['acc_easy']:.3f} | {r['acc_hard']:.3f} | {r['acc_all']:.3f} | {r['system2_rate']:.3f} "
+            f"| {r['sec_per_question']:.4f} |"
+            for mode, r in result["evidence_ablation"].items()
+        ],
+        "",
+        "## System-2 traces",
+        "",
+        "Yellow: the ROI adapter's region; tinted: the seg adapter's mask; green: the mask's box; white: the",
+        "1.2x context crop the switch answered from.",
+        "",
+    ]
+    for t in picked:
+        png = overlays / (t.question_id.replace("/", "_") + ".png")
+        draw_overlay(open_image(Path(t.image)), t).save(png)
+        verdict = "right" if t.answer == t.options[0] else f"wrong (right: {t.options[0]})"
+        parts += [
+            f"### {t.question_id}: {verdict}",
+            "",
+            f"![{t.question_id}]({png.relative_to(DEMO)})",
+            "",
+            "```",
+            t.readable(),
+            "```",
+            "",
+        ]
+    report = DEMO / "report.md"
+    report.write_text("\n".join(parts))
+    return {"report": str(report), "overlays": len(picked)}
+
+
+def agent_results(result: dict) -> dict:
+    """The agent's keys of `results.json`: system1, system2_always, fast, memory."""
+    return {k: result[k] for k in ("system1", "system2_always", "fast", "memory")}
+
+
+# --- the segmentation adapter (issue 5) ------------------------------------------------------------------
+TINY_SAM = PLAYGROUND / "tiny_sam"  # the pretrained toy SAM (committed, as a real SAM is downloaded)
+SEG_TRAIN = [
+    "--dataset=reason_seg||sem_seg",
+    "--sample_rates=3,1",
+    "--sem_seg_data=ade20k",
+    "--num_classes_per_sample=1",
+    "--epochs=1",
+    "--steps_per_epoch=150",
+    "--batch_size=8",
+    "--grad_accumulation_steps=1",
+    "--lr=1e-3",
+    "--warmup_steps=10",
+    "--precision=fp32",
+    "--workers=1",
+    "--print_freq=25",
+    "--gradient_checkpointing=False",
+    "--train_embeddings=new_tokens",
+    "--train_sam_encoder",
+    "--no_eval",
+]
+SEG_EVAL = {"batch_size": 16, "max_new_tokens": 12}
+
+
+def stage_seg_train() -> None:
+    """`deepspeed train_ds.py …` from `SegLLaVA/`, as LISA's README runs it, on the System-1 checkpoint."""
+    sam = TINY_SAM if (TINY_SAM / "model.safetensors").exists() else BASE / "sam"
+    cmd = [
+        "deepspeed", "--num_gpus", "1", "--master_port", str(29500 + os.getpid() % 1000), "train_ds.py",
+        f"--version={CKPT / 'system1'}", f"--dataset_dir={ROOT / 'dataset'}", f"--vision_pretrained={sam}",
+        f"--log_base_dir={CKPT}", "--exp_name=seg", *SEG_TRAIN,
+    ]  # fmt: skip
+    log = DEMO / "logs" / "seg_train.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as f:
+        proc = subprocess.run(cmd, cwd=ROOT / "SegLLaVA", stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+        raise SystemExit(f"[demo] seg training failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+
+
+def stage_seg_eval() -> dict:
+    """gIoU / cIoU on the toy ReasonSeg-style val split: teacher-forced `[SEG].` and generated answers."""
+    sys.path.insert(0, str(ROOT / "SegLLaVA"))
+    from segllava.model import SegLLaVA
+    from segllava.sources import val_items
+    from segllava.validate import evaluate_modes
+
+    seg = SegLLaVA.from_pretrained(CKPT / "seg")
+    items = val_items(ROOT / "dataset", "ReasonSeg|val")
+    m = evaluate_modes(seg, seg.processor, items, ("teacher", "generate"), **SEG_EVAL)
+    keys = (
+        "giou",
+        "ciou",
+        "giou_generated",
+        "ciou_generated",
+        "giou_small",
+        "giou_large",
+        "no_seg_generated",
+    )
+    return {k: m[k] for k in keys if k in m} | {"n": m["n"]}
+
+
 ADAPTER_STAGES = {
+    "seg": (("seg_train", stage_seg_train), ("seg_eval", stage_seg_eval)),
     "roi": (("roi_train", stage_roi_train), ("roi_eval", stage_roi_eval)),
     "switch": (
         ("switch_pretrain", stage_switch_pretrain),
         ("switch_train", stage_switch_train),
         ("switch_eval", stage_switch_eval),
     ),
+    "agent": (("agent_eval", stage_agent_eval), ("agent_report", stage_agent_report)),
 }
 
 
@@ -255,10 +539,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--adapters",
-        default="",
-        help="comma-separated adapter stages to add after System 1: roi, switch (their toy recipes are still being tuned)",
+        default=",".join(ADAPTER_STAGES),
+        help=f"comma-separated stage groups to run after System 1 (default: all of {list(ADAPTER_STAGES)})",
     )
     args = parser.parse_args()
+    groups = [g for g in args.adapters.split(",") if g]
+    unknown = sorted(set(groups) - set(ADAPTER_STAGES))
+    if unknown:
+        raise SystemExit(f"unknown stage groups {unknown}; known: {list(ADAPTER_STAGES)}")
     timings: dict[str, float] = {}
     results: dict = {}
     run_stage("toy_world", stage_world, timings)
@@ -266,21 +554,25 @@ def main() -> None:
     run_stage("tiny_base", stage_base, timings)
     run_stage("system1_pretrain", stage_system1_pretrain, timings)
     run_stage("system1_finetune", stage_system1_finetune, timings)
-    results["system1"] = run_stage("system1_eval", stage_system1_eval, timings)
-    for adapter in filter(None, args.adapters.split(",")):
-        if adapter not in ADAPTER_STAGES:
-            raise SystemExit(f"unknown adapter {adapter!r}; known: {sorted(ADAPTER_STAGES)}")
-        for name, fn in ADAPTER_STAGES[adapter]:
-            result = run_stage(name, fn, timings)
-        results[adapter] = result
+    results["system1_toy_vqa"] = run_stage("system1_eval", stage_system1_eval, timings)
+    stage_results: dict[str, dict | None] = {}
+    for group in (g for g in ADAPTER_STAGES if g in groups):  # dependency order, whatever the flag's order
+        for name, fn in ADAPTER_STAGES[group]:
+            stage_results[name] = run_stage(name, fn, timings)
+    for group in ("seg", "roi", "switch"):
+        if group in groups:
+            results[group] = stage_results[f"{group}_eval"]
+    agent = stage_results.get("agent_eval")
+    if agent is not None:
+        results.update(agent_results(agent))
+        results["evidence_ablation"] = agent["evidence_ablation"]
     results["timings"] = {k: round(v, 1) for k, v in timings.items()}
     (DEMO / "results.json").write_text(json.dumps(results, indent=1))
-    s1 = results["system1"]
-    print("\n| system   | acc_easy | acc_hard | acc_all | s/question |")
-    print("|----------|----------|----------|---------|------------|")
-    print(
-        f"| System 1 | {s1['acc_easy']:.3f}    | {s1['acc_hard']:.3f}    | {s1['acc_all']:.3f}   | {s1['sec_per_question']:.4f}     |"
-    )
+    s1 = results["system1_toy_vqa"]
+    print("\nSystem 1 on the toy VQA validation set (open answers):")
+    print(f"  acc_easy {s1['acc_easy']:.3f}  acc_hard {s1['acc_hard']:.3f}  acc_all {s1['acc_all']:.3f}")
+    if agent is not None:
+        print(agent_table(agent))
     print(f"\ntimings (s): {results['timings']}\nwritten: {DEMO / 'results.json'}")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from roillava.answer import answer_file, build_prompt, generate, read_done
+from roillava.answer import answer_file, build_prompt, generate, option_losses, read_done
 from roillava.data import open_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +50,47 @@ def test_batched_equals_single(llava, processor, questions):
     single = [generate(model, processor, [p], max_new_tokens=6)[0] for p in prompts]
     assert batched == single
     assert len(set(batched)) > 1
+
+
+def test_answer_file_batch_8_equals_batch_1(llava, processor, questions, tmp_path):
+    """The whole runner (prompts, padding, static cache, resumable writes): same answers at batch 8 and 1."""
+    _, question_file, images = questions
+    model = peaked(llava)
+    texts = {}
+    for batch_size in (8, 1):
+        out = tmp_path / f"b{batch_size}.jsonl"
+        answer_file(model, processor, str(question_file), str(images), str(out), batch_size=batch_size,
+                    max_new_tokens=6, progress=False)  # fmt: skip
+        texts[batch_size] = {
+            r["question_id"]: r["text"] for r in map(json.loads, out.read_text().splitlines())
+        }
+    assert texts[8] == texts[1]
+    assert len(texts[1]) == 12 and len(set(texts[1].values())) > 1
+
+
+def test_option_losses_are_per_option_mean_cross_entropy(llava, processor, questions):
+    """Options of different lengths scored together equal each scored alone and a hand computation."""
+    rows, _, images = questions
+    prompt = build_prompt(
+        rows[0]["text"],
+        [open_image(images / rows[0]["image"])],
+        tokenizer=processor.tokenizer,
+        model_config=llava.config,
+        template="vicuna_v1",
+    )
+    options = ["striped", "vertical stripes", "plain"]
+    together = option_losses(llava, processor, prompt, options)
+    alone = [option_losses(llava, processor, prompt, [o])[0] for o in options]
+    assert together == pytest.approx(alone, rel=1e-4)
+    tok = processor.tokenizer
+    target = tok("vertical stripes", add_special_tokens=False).input_ids + [tok.eos_token_id]
+    ids = torch.tensor([prompt.input_ids + target])
+    pixels = processor.image_processor(prompt.images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = llava(input_ids=ids, pixel_values=pixels).logits[0]
+    start = len(prompt.input_ids)
+    by_hand = torch.nn.functional.cross_entropy(logits[start - 1 : -1], torch.tensor(target))
+    assert together[1] == pytest.approx(by_hand.item(), rel=1e-4)
 
 
 def test_read_done_drops_a_partial_line(tmp_path):

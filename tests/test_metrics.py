@@ -71,6 +71,26 @@ def test_vqa_leave_one_out(k: int, expected: float) -> None:
     assert vqa_accuracy("cat", mixed("cat", k, "dog")) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    ("prediction", "answers", "expected"),
+    [
+        # Tie 5/5: each side has k=5 matches -> min(1, 4/3) and min(1, 5/3) are all 1 -> 1.0 for either answer.
+        ("cat", ["cat"] * 5 + ["dog"] * 5, 1.0),
+        ("dog", ["cat"] * 5 + ["dog"] * 5, 1.0),
+        # Tie 3/3 with 4 singletons: both tied answers get k=3 -> 0.9; a singleton gets k=1 -> 0.3.
+        ("cat", ["cat"] * 3 + ["dog"] * 3 + ["a1", "a2", "a3", "a4"], 0.9),
+        ("dog", ["cat"] * 3 + ["dog"] * 3 + ["a1", "a2", "a3", "a4"], 0.9),
+        ("a2", ["cat"] * 3 + ["dog"] * 3 + ["a1", "a2", "a3", "a4"], 0.3),
+        # Tie 2/2 after normalisation: "Two" and "2" are the same answer -> k=2 -> 0.6.
+        ("2", ["Two", "2", "three", "3", "x", "y", "z", "u", "v", "w"], 0.6),
+    ],
+)
+def test_vqa_tied_answers(prediction: str, answers: list[str], expected: float) -> None:
+    assert vqa_accuracy(prediction, answers) == pytest.approx(expected)
+    # TextVQA uses the same leave-one-out average, so ties score the same there.
+    assert textvqa_accuracy(prediction, answers) == pytest.approx(expected)
+
+
 def test_vqa_one_of_ten_by_hand() -> None:
     # 1 match among 10: dropping the match -> 0 matches -> 0; the other 9 subsets -> 1 match -> 1/3.
     # (0 + 9 * 1/3) / 10 = 0.3
@@ -396,6 +416,15 @@ def test_sqa_accuracy() -> None:
 # ----------------------------------------------------------------------------------------------------------
 # SEED-Bench
 # ----------------------------------------------------------------------------------------------------------
+
+
+def test_empty_predictions_are_wrong_not_skipped() -> None:
+    # An empty prediction stays in the denominator everywhere: GQA 1/2, SEED 1/2, SQA 1/2, POPE parses "" as yes.
+    assert gqa_accuracy(["", "yes"], ["no", "yes"]) == pytest.approx(0.5)
+    assert seed_accuracy(["", "B"], ["A", "B"])["accuracy"] == pytest.approx(0.5)
+    assert sqa_accuracy(["", "B"], [0, 1], [4, 4]) == pytest.approx(0.5)
+    m = pope_metrics(["", "no"], ["no", "no"])  # "" -> yes: FP 1, TN 1
+    assert (m["fp"], m["tn"], m["accuracy"], m["yes_ratio"]) == (1, 1, 0.5, 0.5)
 
 
 def test_seed_accuracy() -> None:

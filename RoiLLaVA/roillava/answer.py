@@ -16,11 +16,15 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.nn import functional as F
 from tqdm import tqdm
+from transformers import StaticCache
 
 from .conversation import IMAGE_PLACEHOLDER, conversation_segments, get_template, tokenize_segments
 from .data import image_seq_length, load_json_records, open_image
@@ -54,27 +58,104 @@ def build_prompt(question: str, images: list, *, tokenizer, model_config, templa
     )
 
 
-def left_pad(prompts: list[Prompt], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(p.input_ids) for p in prompts)
+def left_pad(
+    prompts: list[Prompt], pad_token_id: int, shared_prefix: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and attention mask, padded on the left of each prompt's own part.
+
+    With `shared_prefix` = P the first P ids (the same in every prompt) stay in front and the padding
+    goes between them and the rest: `[prefix][pad...][rest]`. Positions come from the mask, so each
+    row sees the positions it would see alone.
+    """
+    length = shared_prefix + max(len(p.input_ids) - shared_prefix for p in prompts)
     ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), length), dtype=torch.long)
     for row, p in enumerate(prompts):
-        ids[row, length - len(p.input_ids) :] = torch.tensor(p.input_ids)
-        mask[row, length - len(p.input_ids) :] = 1
+        ids[row, :shared_prefix] = torch.tensor(p.input_ids[:shared_prefix], dtype=torch.long)
+        mask[row, :shared_prefix] = 1
+        ids[row, length - len(p.input_ids) + shared_prefix :] = torch.tensor(p.input_ids[shared_prefix:])
+        mask[row, length - len(p.input_ids) + shared_prefix :] = 1
     return ids, mask
 
 
-@torch.inference_mode()
-def generate(model, processor, prompts: list[Prompt], *, max_new_tokens: int) -> list[str]:
-    """Greedy continuations of `prompts`, decoded without special tokens and stripped."""
-    tok = processor.tokenizer
-    ids, mask = left_pad(prompts, tok.pad_token_id)
+# Below this many tokens a shared prefix is not worth a forward pass of its own.
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(prompts: list[Prompt], image_token_id: int) -> int:
+    """How many leading ids all prompts share before their first image (the system prompt and "USER: ").
+
+    At least one id of every prompt is left out, so each row still has a token to start generating from.
+    """
+    first = prompts[0].input_ids
+    limit = min(len(p.input_ids) for p in prompts) - 1
+    n = 0
+    while n < limit and first[n] != image_token_id and all(p.input_ids[n] == first[n] for p in prompts):
+        n += 1
+    return n
+
+
+class PrefixCache:
+    """Keys and values of the shared prompt prefix, computed once and reused by every batch of a run.
+
+    Scope it to one run of one model: the stored states are only valid for the weights they came from.
+    """
+
+    def __init__(self) -> None:
+        self.ids: tuple[int, ...] | None = None
+        self.states: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def states_for(self, model, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self.ids != tuple(ids):
+            device = next(model.parameters()).device
+            cache = model(input_ids=torch.tensor([ids], device=device), use_cache=True).cache
+            self.ids, self.states = tuple(ids), [(layer.keys, layer.values) for layer in cache.layers]
+        return self.states
+
+
+def pixel_values(processor, prompts: list[Prompt]) -> torch.Tensor | None:
+    """The processed images of `prompts`, in order (None when there is none)."""
     images = [im for p in prompts for im in p.images]
+    return processor.image_processor(images, return_tensors="pt")["pixel_values"] if images else None
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    processor,
+    prompts: list[Prompt],
+    *,
+    max_new_tokens: int,
+    pixels: torch.Tensor | None = None,
+    prefix_cache: PrefixCache | None = None,
+) -> list[str]:
+    """Greedy continuations of `prompts`, decoded without special tokens and stripped.
+
+    Two things keep batches cheap. The prefix all prompts share (the system prompt, up to the first
+    image) runs once, not once per row: per batch, or once per run with a `prefix_cache`. And the
+    key/value cache is preallocated (static): the default one re-concatenates every row's keys and
+    values at each step, a cost that grows with the batch. `pixels` may hold the prompts' processed
+    images, computed ahead (see `answer_file`).
+    """
+    tok = processor.tokenizer
+    shared = 0
+    if len(prompts) > 1 or prefix_cache is not None:
+        shared = shared_prefix_length(prompts, model.config.image_token_id)
+        shared = shared if shared >= MIN_SHARED_PREFIX else 0
+    ids, mask = left_pad(prompts, tok.pad_token_id, shared)
     device = next(model.parameters()).device
     kwargs = {}
-    if images:
-        pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    if pixels is None:
+        pixels = pixel_values(processor, prompts)
+    if pixels is not None:
         kwargs["pixel_values"] = pixels.to(device=device, dtype=next(model.parameters()).dtype)
+    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + max_new_tokens)
+    if shared:
+        states = (prefix_cache or PrefixCache()).states_for(model, prompts[0].input_ids[:shared])
+        for layer, (keys, values) in enumerate(states):
+            cache.update(
+                keys.expand(len(prompts), -1, -1, -1), values.expand(len(prompts), -1, -1, -1), layer
+            )
     out = model.generate(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
@@ -83,9 +164,49 @@ def generate(model, processor, prompts: list[Prompt], *, max_new_tokens: int) ->
         num_beams=1,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
+        cache=cache,
+        # Every batch has a new shape: recompiling for each would cost more than it saves.
+        disable_compile=True,
         **kwargs,
     )
     return [t.strip() for t in tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)]
+
+
+@torch.inference_mode()
+def option_losses(model, processor, prompt: Prompt, options: list[str]) -> list[float]:
+    """Mean cross-entropy of each option's tokens after `prompt`; the lowest is the model's choice.
+
+    V*Bench's likelihood protocol: an option is tokenised as a training answer is (its own segment,
+    then `</s>`) and all options run as one right-padded batch over the repeated prompt. Only the
+    logits that predict option tokens are kept.
+    """
+    if not options:
+        raise ValueError("no options to score")
+    tok = processor.tokenizer
+    option_ids = [tok(o, add_special_tokens=False).input_ids + [tok.eos_token_id] for o in options]
+    n, start = len(options), len(prompt.input_ids)
+    width = start + max(map(len, option_ids))
+    ids = torch.full((n, width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    targets = torch.full((n, width), -100, dtype=torch.long)
+    for row, opt in enumerate(option_ids):
+        end = start + len(opt)
+        ids[row, :end] = torch.tensor(prompt.input_ids + opt)
+        mask[row, :end] = 1
+        targets[row, start:end] = torch.tensor(opt)
+    device = next(model.parameters()).device
+    kwargs = {}
+    if prompt.images:
+        pixels = processor.image_processor(prompt.images * n, return_tensors="pt")["pixel_values"]
+        kwargs["pixel_values"] = pixels.to(device=device, dtype=next(model.parameters()).dtype)
+    # Token j is predicted by the logits at j - 1, so keep positions start-1 .. width-2.
+    out = model(
+        input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=width - start + 1, **kwargs
+    )
+    logits = out.logits[:, :-1].float()
+    targets = targets[:, start:].to(device)
+    ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    return (ce.sum(1) / (targets != -100).sum(1)).tolist()
 
 
 def read_done(answers_file: Path) -> set:
@@ -135,8 +256,25 @@ def append_lines(answers_file: Path, rows: list[dict]) -> None:
 
 
 # A solver answers one batch: the question rows and, per row, its images (empty for text-only
-# questions); it returns one (text, metadata) per row, in order.
-Solver = Callable[[list[dict], list[list]], list[tuple[str, dict]]]
+# questions), or what `prepare` made of them; it returns one (text, metadata) per row, in order.
+Solver = Callable[[list[dict], Any], list[tuple[str, dict]]]
+# Work on a batch's images that needs no model (decoding, preprocessing), done one batch ahead.
+Prepare = Callable[[list[dict], list[list]], Any]
+
+
+def _load_batch(batch: list[dict], image_folder: str, prepare: Prepare | None):
+    """The batch's readable questions, their images (or `prepare`'s result) and the unreadable ones."""
+    kept, kept_images, failed = [], [], []
+    for q in batch:
+        try:
+            images = [open_image(Path(image_folder) / q["image"])] if q.get("image") else []
+        except (FileNotFoundError, OSError) as e:
+            failed.append((q, str(e)))
+            continue
+        kept.append(q)
+        kept_images.append(images)
+    payload = prepare(kept, kept_images) if prepare is not None and kept else kept_images
+    return kept, payload, failed
 
 
 def run_questions(
@@ -151,11 +289,15 @@ def run_questions(
     chunk_idx: int = 0,
     progress: bool = True,
     error_metadata: dict | None = None,
+    prepare: Prepare | None = None,
 ) -> dict:
     """The resumable loop shared by every answerer: chunk, skip answered, batch, append, time.
 
     A question whose image cannot be read gets an empty answer with `metadata.error` (plus
-    `error_metadata`), so it is counted rather than silently dropped or fatal.
+    `error_metadata`), so it is counted rather than silently dropped or fatal. The next batch's
+    images are read (and `prepare`d) in a background thread while the model answers this one, as
+    LLaVA's evaluation does with DataLoader workers: decoding and resizing images is host work the
+    model need not wait for.
     """
     questions = chunk(load_json_records(question_file), num_chunks, chunk_idx)
     out = Path(answers_file)
@@ -163,21 +305,21 @@ def run_questions(
     done = read_done(out)
     todo = [q for q in questions if q["question_id"] not in done]
     start, n_missing_images = time.perf_counter(), 0
-    for batch in tqdm(list(batched(todo, batch_size)), desc="answering", disable=not progress):
-        kept, kept_images = [], []
-        for q in batch:
-            try:
-                images = [open_image(Path(image_folder) / q["image"])] if q.get("image") else []
-            except (FileNotFoundError, OSError) as e:
+    # Similar prompts batched together waste less padding (answers are keyed by id, order is free).
+    by_length = sorted(todo, key=lambda q: (bool(q.get("image")), len(q.get("text", ""))))
+    batches = list(batched(by_length, batch_size))
+    with ThreadPoolExecutor(max_workers=1) as loader:
+        ahead = loader.submit(_load_batch, batches[0], image_folder, prepare) if batches else None
+        for k in tqdm(range(len(batches)), desc="answering", disable=not progress):
+            kept, payload, failed = ahead.result()
+            if k + 1 < len(batches):
+                ahead = loader.submit(_load_batch, batches[k + 1], image_folder, prepare)
+            for q, error in failed:
                 n_missing_images += 1
-                meta = {**(error_metadata or {}), "error": str(e)}
-                append_lines(out, [_answer_row(q, "", model_id, meta)])
-                continue
-            kept.append(q)
-            kept_images.append(images)
-        if kept:
-            results = solve(kept, kept_images)
-            append_lines(out, [_answer_row(q, t, model_id, m) for q, (t, m) in zip(kept, results)])
+                append_lines(out, [_answer_row(q, "", model_id, {**(error_metadata or {}), "error": error})])
+            if kept:
+                results = solve(kept, payload)
+                append_lines(out, [_answer_row(q, t, model_id, m) for q, (t, m) in zip(kept, results)])
     seconds = time.perf_counter() - start
     return {
         "questions": len(questions),
@@ -205,15 +347,26 @@ def answer_file(
     progress: bool = True,
 ) -> dict:
     """Answer every not-yet-answered question of `question_file`; returns counts and timing."""
+    prefix_cache = PrefixCache()
 
-    def solve(rows: list[dict], images: list[list]) -> list[tuple[str, dict]]:
+    def preprocess(rows: list[dict], images: list[list]) -> tuple[list[list], torch.Tensor | None]:
+        flat = [im for ims in images for im in ims]
+        pixels = processor.image_processor(flat, return_tensors="pt")["pixel_values"] if flat else None
+        return images, pixels
+
+    def solve(rows: list[dict], payload: tuple[list[list], torch.Tensor | None]) -> list[tuple[str, dict]]:
+        images, pixels = payload
+        # Prompts are tokenised here, not in the loader thread: a fast tokenizer is not safe to share.
         prompts = [
             build_prompt(
                 q["text"], ims, tokenizer=processor.tokenizer, model_config=model.config, template=template
             )
             for q, ims in zip(rows, images)
         ]
-        return [(t, {}) for t in generate(model, processor, prompts, max_new_tokens=max_new_tokens)]
+        texts = generate(
+            model, processor, prompts, max_new_tokens=max_new_tokens, pixels=pixels, prefix_cache=prefix_cache
+        )
+        return [(t, {}) for t in texts]
 
     return run_questions(
         question_file,
@@ -225,6 +378,7 @@ def answer_file(
         num_chunks=num_chunks,
         chunk_idx=chunk_idx,
         progress=progress,
+        prepare=preprocess,
     )
 
 

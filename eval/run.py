@@ -1,0 +1,483 @@
+"""Benchmark runner: prepare the questions, answer them (s1 | cos | fast), merge the chunks, score.
+
+    python -m eval.run BENCH --mode s1 --model-path CKPT [--batch-size 8] [--gpus 0,1,2,3]
+    bash eval/BENCH.sh --mode cos --model-path BASE --roi-path ROI_ADAPTER
+    bash eval/BENCH.sh --mode fast --model-path BASE --switch-path SW --roi-path ROI --seg-path SEG
+
+BENCH is one of vqav2, gqa, textvqa, pope, mme, sqa, seed, mmvet, vstar (protocols: eval/README.md).
+
+Steps, each safe to rerun:
+1. prepare: the benchmark's question file → `answers/[<split>/]<ckpt>/questions.jsonl` (protocol suffix
+   ensured, repeated ids made unique);
+2. answer chunk K of N into `<N>_<K>.jsonl` (greedy, batched, left-padded; a rerun resumes). `--gpus`
+   runs every chunk at once, one process per listed device, as LLaVA's scripts do;
+3. once every chunk file is complete: concatenate them into `merge.jsonl`, check it against the
+   questions (missing / duplicate / unknown ids, empty or too-long predictions, image errors: all
+   counted), score it and write `metrics.json` plus the benchmark's official submission files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .answers import answered_ids, merge_files, read_answers
+from .benchmarks import BENCHMARKS, Benchmark, BenchPaths, ScoreInput, source_id
+
+REPO = Path(__file__).resolve().parents[1]
+SIBLINGS = (REPO, REPO / "RoiLLaVA", REPO / "SwiLLaVA", REPO / "SegLLaVA")
+
+MODES = ("s1", "cos", "fast")
+DEFAULT_DATA_ROOT = REPO / "playground" / "data" / "eval"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One invocation, as parsed from the command line."""
+
+    bench: str
+    mode: str
+    model_path: str
+    model_base: str | None = None
+    roi_path: str | None = None
+    switch_path: str | None = None
+    seg_path: str | None = None
+    evidence: str | None = None
+    ckpt: str = ""
+    batch_size: int = 8
+    max_new_tokens: int | None = None  # None: the benchmark's default
+    num_chunks: int = 1
+    chunk_idx: int = 0
+    conv_mode: str = "vicuna_v1"
+    device: str | None = None  # None: cuda when available, decided where a model is loaded
+    roi_wording: str = "where"
+    roi_max_new_tokens: int = 128
+    max_answer_words: int | None = None  # None: the benchmark's default
+    score_only: bool = False
+    no_score: bool = False
+    answers_file: str | None = None
+    progress: bool = True
+
+
+def default_ckpt_name(mode: str, model_path: str, roi_path: str | None, switch_path: str | None) -> str:
+    """LLaVA's `CKPT`: the folder name of the checkpoint that makes the difference for this mode."""
+    if mode == "cos" and roi_path:
+        return Path(roi_path).name + "-cos"
+    if mode == "fast" and switch_path:
+        return "fast-" + Path(switch_path).name
+    return Path(model_path.rstrip("/")).name
+
+
+def resolve_paths(bench: Benchmark, args: argparse.Namespace, ckpt: str) -> BenchPaths:
+    data_root = Path(args.data_root) if args.data_root else DEFAULT_DATA_ROOT
+    bench_dir = Path(args.bench_dir) if args.bench_dir else data_root / bench.folder
+    split = args.split or bench.split
+    question_file = (
+        Path(args.question_file)
+        if args.question_file
+        else bench_dir / bench.question_file.format(split=split)
+    )
+    image_folder = Path(args.image_folder) if args.image_folder else bench_dir / bench.image_folder
+    answers_dir = bench_dir / "answers" / split / ckpt if split else bench_dir / "answers" / ckpt
+    return BenchPaths(
+        bench_dir=bench_dir,
+        question_file=question_file,
+        image_folder=image_folder,
+        answers_dir=answers_dir,
+        ckpt=ckpt,
+        split=split,
+        annotations=Path(args.annotations) if args.annotations else None,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="eval.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("bench", choices=sorted(BENCHMARKS))
+    p.add_argument("--mode", choices=MODES, default="s1")
+    p.add_argument(
+        "--model-path", required=True, help="the LLaVA-1.5 (System-1) checkpoint; the base in cos/fast"
+    )
+    p.add_argument(
+        "--model-base", default=None, help="base of a LoRA --model-path (default: the adapter's record)"
+    )
+    p.add_argument("--roi-path", default=None, help="ROI adapter (cos, fast)")
+    p.add_argument("--switch-path", default=None, help="switch adapter (fast)")
+    p.add_argument("--seg-path", default=None, help="seg adapter (fast)")
+    p.add_argument("--evidence", default=None, help="fast: which System-2 evidence to use, e.g. roi+seg")
+    p.add_argument("--ckpt-name", default=None, help="answers go to answers/[<split>/]<ckpt-name>/")
+    p.add_argument("--data-root", default=None, help=f"default {DEFAULT_DATA_ROOT}")
+    p.add_argument("--bench-dir", default=None, help="default <data-root>/<LLaVA folder of the benchmark>")
+    p.add_argument("--split", default=None, help="VQAv2/GQA question split (file name without .jsonl)")
+    p.add_argument("--question-file", default=None)
+    p.add_argument("--image-folder", default=None)
+    p.add_argument("--annotations", default=None, help="ground truth, if not at the benchmark's usual place")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--num-chunks", type=int, default=1)
+    p.add_argument("--chunk-idx", type=int, default=0)
+    p.add_argument(
+        "--gpus", default=None, help="comma-separated devices: run one chunk per device, then score"
+    )
+    p.add_argument("--conv-mode", default="vicuna_v1")
+    p.add_argument("--temperature", type=float, default=0.0, help="only greedy decoding (0) is supported")
+    p.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    p.add_argument("--roi-wording", choices=("where", "what"), default="where")
+    p.add_argument("--roi-max-new-tokens", type=int, default=128)
+    p.add_argument(
+        "--max-answer-words", type=int, default=None, help="longer predictions are counted as too long"
+    )
+    p.add_argument("--score-only", action="store_true", help="merge the chunk files there are and score")
+    p.add_argument("--no-score", action="store_true", help="answer this chunk only (used by --gpus)")
+    p.add_argument(
+        "--answers-file", default=None, help="score this answer JSONL instead (implies --score-only)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    if args.temperature != 0:
+        raise SystemExit("only greedy decoding is supported (--temperature 0), as in LLaVA-1.5's evaluation")
+    if args.mode == "cos" and not args.roi_path:
+        raise SystemExit("--mode cos needs --roi-path (the ROI adapter)")
+    if args.mode == "fast" and not args.switch_path:
+        raise SystemExit("--mode fast needs --switch-path (and --roi-path / --seg-path for its evidence)")
+    if not 0 <= args.chunk_idx < args.num_chunks:
+        raise SystemExit(f"--chunk-idx {args.chunk_idx} outside 0..{args.num_chunks - 1}")
+    return RunConfig(
+        bench=args.bench,
+        mode=args.mode,
+        model_path=args.model_path,
+        model_base=args.model_base,
+        roi_path=args.roi_path,
+        switch_path=args.switch_path,
+        seg_path=args.seg_path,
+        evidence=args.evidence,
+        ckpt=args.ckpt_name or default_ckpt_name(args.mode, args.model_path, args.roi_path, args.switch_path),
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        num_chunks=args.num_chunks,
+        chunk_idx=args.chunk_idx,
+        conv_mode=args.conv_mode,
+        device=args.device,
+        roi_wording=args.roi_wording,
+        roi_max_new_tokens=args.roi_max_new_tokens,
+        max_answer_words=args.max_answer_words,
+        score_only=args.score_only or args.answers_file is not None,
+        no_score=args.no_score,
+        answers_file=args.answers_file,
+        progress=not args.quiet,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Answering
+# --------------------------------------------------------------------------------------------------------------
+
+
+def write_prepared(path: Path, rows: list[dict]) -> None:
+    """Atomic and only when changed, so chunk processes started together can all write it."""
+    content = "".join(json.dumps(r) + "\n" for r in rows)
+    if path.is_file() and path.read_text(encoding="utf-8") == content:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(content, encoding="utf-8")
+    tmp.replace(path)
+
+
+def sibling_env() -> dict[str, str]:
+    """The environment for a child process: the repo and its sibling projects importable."""
+    env = dict(os.environ)
+    extra = os.pathsep.join(str(p) for p in SIBLINGS)
+    env["PYTHONPATH"] = extra + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def fast_command(cfg: RunConfig, bench: Benchmark, paths: BenchPaths, out: Path) -> list[str]:
+    """The composed agent's CLI (`python -m fast`, issue 6) for this chunk."""
+    if bench.likelihood:
+        what = ["--vstar", "--bench-folder", str(paths.bench_dir)]
+    else:
+        what = ["--question-file", str(paths.prepared), "--image-folder", str(paths.image_folder)]
+        what += ["--max-new-tokens", str(cfg.max_new_tokens or bench.max_new_tokens)]
+    cmd = [
+        *what, "--answers-file", str(out), "--base", cfg.model_path, "--switch", cfg.switch_path,
+        "--num-chunks", str(cfg.num_chunks), "--chunk-idx", str(cfg.chunk_idx),
+        "--batch-size", str(cfg.batch_size),
+    ]  # fmt: skip
+    if cfg.device:
+        cmd += ["--device", cfg.device]
+    for flag, path in (("--roi", cfg.roi_path), ("--seg", cfg.seg_path)):
+        if path:
+            cmd += [flag, path]
+    if cfg.evidence:
+        cmd += ["--evidence", cfg.evidence]
+    return [sys.executable, "-m", "fast", *cmd]
+
+
+def load_model(cfg: RunConfig):
+    """The model the mode answers with: the System-1 checkpoint (s1) or the ROI adapter on it (cos)."""
+    import torch
+
+    from roillava.answer import load_for_inference
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    if cfg.mode == "cos":
+        return load_for_inference(cfg.roi_path, cfg.model_path, device=device, dtype=dtype)
+    return load_for_inference(cfg.model_path, cfg.model_base, device=device, dtype=dtype)
+
+
+def answer_chunk(cfg: RunConfig, bench: Benchmark, paths: BenchPaths) -> dict:
+    """Answer this process's chunk into `<N>_<K>.jsonl`; returns the answerer's counts and timing."""
+    out = paths.chunk_file(cfg.num_chunks, cfg.chunk_idx)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.mode == "fast":
+        cmd = fast_command(cfg, bench, paths, out)
+        start = time.perf_counter()
+        rc = subprocess.run(cmd, env=sibling_env(), cwd=REPO).returncode
+        if rc != 0:
+            raise SystemExit(f"fast mode failed (exit {rc}): {' '.join(cmd)}")
+        return {"seconds": time.perf_counter() - start}
+    from roillava.answer import answer_file
+    from roillava.roi import RoiConfig, roi_answer_file
+
+    from .vstar import vstar_answer_file
+
+    model, processor = load_model(cfg)
+    max_new = cfg.max_new_tokens or bench.max_new_tokens
+    roi_config = RoiConfig(
+        wording=cfg.roi_wording,
+        template=cfg.conv_mode,
+        roi_max_new_tokens=cfg.roi_max_new_tokens,
+        max_new_tokens=max_new,
+    )
+    common = {
+        "batch_size": cfg.batch_size,
+        "model_id": cfg.ckpt,
+        "num_chunks": cfg.num_chunks,
+        "chunk_idx": cfg.chunk_idx,
+        "progress": cfg.progress,
+    }
+    args = (model, processor, str(paths.prepared), str(paths.image_folder), str(out))
+    if bench.likelihood:
+        return vstar_answer_file(
+            *args, mode=cfg.mode, roi_config=roi_config, template=cfg.conv_mode, **common
+        )
+    if cfg.mode == "cos":
+        return roi_answer_file(*args, config=roi_config, **common)
+    return answer_file(*args, template=cfg.conv_mode, max_new_tokens=max_new, **common)
+
+
+def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """`argv` minus the given valued flags (both `--flag v` and `--flag=v`)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        elif not any(a.startswith(f + "=") for f in flags):
+            out.append(a)
+    return out
+
+
+def run_all_chunks(argv: list[str], gpus: list[str]) -> None:
+    """One child process per device, each answering its chunk; returns when all are done."""
+    base = _without(argv, ("--gpus", "--num-chunks", "--chunk-idx"))
+    children = []
+    for k, gpu in enumerate(gpus):
+        child_argv = [*base, "--num-chunks", str(len(gpus)), "--chunk-idx", str(k), "--no-score", "--quiet"]
+        env = {**sibling_env(), "CUDA_VISIBLE_DEVICES": gpu}
+        children.append(subprocess.Popen([sys.executable, "-m", "eval.run", *child_argv], env=env, cwd=REPO))
+    failed = [k for k, c in enumerate(children) if c.wait() != 0]
+    if failed:
+        raise SystemExit(
+            f"chunks {failed} failed (devices {[gpus[k] for k in failed]}); rerun to resume them"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Merging and scoring
+# --------------------------------------------------------------------------------------------------------------
+
+
+def chunk_rows(rows: list, num_chunks: int, chunk_idx: int) -> list:
+    """LLaVA's split over GPUs, the same as `roillava.answer.chunk` (kept torch-free: the process that
+    only launches the chunks and merges them should not pay for importing the model stack)."""
+    size = -(-len(rows) // num_chunks)
+    return rows[chunk_idx * size : (chunk_idx + 1) * size]
+
+
+def incomplete_chunks(rows: list[dict], paths: BenchPaths, num_chunks: int) -> list[int]:
+    return [
+        k
+        for k in range(num_chunks)
+        if not {r["question_id"] for r in chunk_rows(rows, num_chunks, k)}
+        <= answered_ids(paths.chunk_file(num_chunks, k))
+    ]
+
+
+def adopt_repeated_ids(source: Path, rows: list[dict], out: Path) -> Path:
+    """A LLaVA answer file for a question file that repeats ids (MME), with the prepared unique ids.
+
+    Each answer goes to the question with its id and its prompt, else to the next unanswered question
+    with that id; lines that cannot be parsed are kept as they are, to be counted when read.
+    """
+    by_source: dict = {}
+    for q in rows:
+        if "source_question_id" in q:
+            by_source.setdefault(q["source_question_id"], []).append(q)
+    taken: set = set()
+    lines = []
+    for line in source.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            candidates = [q for q in by_source.get(row["question_id"], []) if q["question_id"] not in taken]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            lines.append(line + "\n")
+            continue
+        if candidates:
+            match = next((q for q in candidates if q["text"] == row.get("prompt")), candidates[0])
+            taken.add(match["question_id"])
+            row = {**row, "question_id": match["question_id"]}
+        lines.append(json.dumps(row) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(lines), encoding="utf-8")
+    return out
+
+
+def export_flat_answers(answers: dict, rows: list[dict], path: Path) -> str:
+    """`answers/<ckpt>.jsonl` with the benchmark's own ids, the file LLaVA's evaluators read."""
+    lines = []
+    for q in rows:
+        row = answers.get(q["question_id"])
+        if row is not None:
+            lines.append(json.dumps({**row, "question_id": source_id(q)}) + "\n")
+    path.write_text("".join(lines), encoding="utf-8")
+    return str(path)
+
+
+def score(cfg: RunConfig, bench: Benchmark, paths: BenchPaths, rows: list[dict], notes: dict) -> dict:
+    """Merge (when every chunk is complete, or with --score-only), check and score; writes metrics.json."""
+    if cfg.answers_file:
+        source = Path(cfg.answers_file)
+        if not source.is_file():
+            raise SystemExit(f"answers file not found: {source}")
+        if any("source_question_id" in r for r in rows):
+            source = adopt_repeated_ids(source, rows, paths.answers_dir / "external_answers.jsonl")
+    else:
+        missing_chunks = incomplete_chunks(rows, paths, cfg.num_chunks)
+        if missing_chunks and not cfg.score_only:
+            return {"status": "waiting", "incomplete_chunks": missing_chunks}
+        merge_files([paths.chunk_file(cfg.num_chunks, k) for k in range(cfg.num_chunks)], paths.merged)
+        source = paths.merged
+    max_words = cfg.max_answer_words if cfg.max_answer_words is not None else bench.max_answer_words
+    answers, check = read_answers(source, [r["question_id"] for r in rows], max_answer_words=max_words)
+    files = {}
+    if bench.flat_answers:
+        files["llava_answers"] = export_flat_answers(
+            answers, rows, paths.answers_dir.parent / f"{paths.ckpt}.jsonl"
+        )
+    metrics = bench.score(ScoreInput(bench, paths, rows, answers, check))
+    metrics.setdefault("files", {}).update(files)
+    summary = {
+        "status": "scored",
+        "benchmark": bench.name,
+        "title": bench.title,
+        "mode": cfg.mode,
+        "ckpt": cfg.ckpt,
+        "split": paths.split,
+        "answers_file": str(source),
+        "prepare": notes,
+        "answer_check": check.to_dict(),
+        "metrics": metrics,
+        "config": asdict(cfg),
+    }
+    paths.metrics.parent.mkdir(parents=True, exist_ok=True)
+    paths.metrics.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return summary
+
+
+def report(summary: dict, paths: BenchPaths) -> str:
+    """A few human lines; the full record is metrics.json."""
+    if summary["status"] != "scored":
+        return (
+            f"chunk answered; waiting for chunks {summary['incomplete_chunks']} "
+            f"(rerun with --score-only to score what exists)"
+        )
+    m, c = summary["metrics"], summary["answer_check"]
+    lines = [f"== {summary['title']} | mode {summary['mode']} | {summary['ckpt']}"]
+    if m.get("score") is None:
+        lines.append(f"score: none ({m.get('reason', 'no ground truth')})")
+    else:
+        lines.append(f"score: {m['score']:.2f}  {m.get('metric', '')}")
+    problems = {
+        k: c[k]
+        for k in ("missing", "duplicates", "unknown_ids", "unreadable_lines", "empty", "too_long", "errors")
+        if c[k]
+    }
+    lines.append(
+        f"answers: {c['answered']}/{c['questions']} answered; "
+        + (
+            "no problems"
+            if not problems
+            else "problems: " + ", ".join(f"{k} {v}" for k, v in problems.items())
+        )
+    )
+    if c["answered"] == 0:
+        lines.append("WARNING: no question has an answer; the score is of empty predictions")
+    if m.get("warning"):
+        lines.append(f"WARNING: {m['warning']}")
+    for name, path in m.get("files", {}).items():
+        lines.append(f"{name}: {path}")
+    lines.append(f"metrics: {paths.metrics}")
+    return "\n".join(lines)
+
+
+def ensure_siblings_importable() -> None:
+    """`python -m eval.run` from the repo root needs no PYTHONPATH: the sibling projects are added here."""
+    for path in SIBLINGS:
+        if str(path) not in sys.path:
+            sys.path.append(str(path))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ensure_siblings_importable()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    bench = BENCHMARKS[args.bench]
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else []
+    if gpus and (args.num_chunks != 1 or args.chunk_idx != 0):
+        raise SystemExit("--gpus sets the chunks itself; drop --num-chunks/--chunk-idx")
+    cfg = config_from_args(args)
+    if gpus:
+        cfg = RunConfig(**{**asdict(cfg), "num_chunks": len(gpus)})
+    paths = resolve_paths(bench, args, cfg.ckpt)
+    prepared = bench.prepare(bench, paths)
+    write_prepared(paths.prepared, prepared.rows)
+    notes = {"question_file": str(paths.question_file), "questions": len(prepared.rows), **prepared.notes}
+    if not cfg.score_only:
+        if gpus:
+            run_all_chunks(argv, gpus)
+        else:
+            timing = answer_chunk(cfg, bench, paths)
+            notes[f"answering_chunk_{cfg.chunk_idx}"] = timing
+    if cfg.no_score:
+        return {"status": "answered"}
+    summary = score(cfg, bench, paths, prepared.rows, notes)
+    print(report(summary, paths), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

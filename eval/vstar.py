@@ -1,0 +1,75 @@
+"""V*Bench by likelihood for the `s1` and `cos` modes: the option with the lowest mean token loss is chosen.
+
+Both modes reuse the System-1 answerer's resumable loop (`run_questions`: chunks, resume, missing
+images recorded, not fatal). `s1` scores the options after `"<image>\\n" + question` (SEAL's prompt,
+the image padded to a square); `cos` first asks the ROI adapter for the region of interest, then scores
+the options after the Chain-of-Spot stage-2 prompt (global image + crop). Each answer row's `text` is the
+chosen option and its `metadata` holds `option_losses` (in the file's option order) and `choice`.
+"""
+
+from __future__ import annotations
+
+from roillava.answer import build_prompt, generate, option_losses, run_questions
+from roillava.roi import RoiConfig, parse_roi_box, stage1_prompt, stage2_prompt
+
+
+def _choice(options: list[str], losses: list[float]) -> tuple[str, dict]:
+    best = min(range(len(losses)), key=losses.__getitem__)
+    return options[best], {"option_losses": losses, "choice": best}
+
+
+def vstar_answer_file(
+    model,
+    processor,
+    question_file: str,
+    image_folder: str,
+    answers_file: str,
+    *,
+    mode: str = "s1",
+    roi_config: RoiConfig | None = None,
+    template: str = "vicuna_v1",
+    batch_size: int = 8,
+    model_id: str = "llava",
+    num_chunks: int = 1,
+    chunk_idx: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Likelihood answers for prepared V*Bench questions (rows carry `options`)."""
+    if mode not in ("s1", "cos"):
+        raise ValueError(f"V*Bench in-process modes are s1 and cos, got {mode!r}")
+    roi_config = roi_config or RoiConfig()
+    cfg = {"tokenizer": processor.tokenizer, "model_config": model.config}
+
+    def solve_s1(rows: list[dict], images: list[list]) -> list[tuple[str, dict]]:
+        out = []
+        for q, ims in zip(rows, images):
+            prompt = build_prompt(q["text"], ims, template=template, **cfg)
+            out.append(_choice(q["options"], option_losses(model, processor, prompt, q["options"])))
+        return out
+
+    def solve_cos(rows: list[dict], images: list[list]) -> list[tuple[str, dict]]:
+        kw = {"processor": processor, "model_config": model.config, "config": roi_config}
+        stage1 = [stage1_prompt(q["text"], ims[0], **kw) for q, ims in zip(rows, images)]
+        roi_texts = generate(model, processor, stage1, max_new_tokens=roi_config.roi_max_new_tokens)
+        out = []
+        for q, ims, roi_text in zip(rows, images, roi_texts):
+            roi = parse_roi_box(roi_text, roi_config.min_side)
+            prompt = stage2_prompt(q["text"], ims[0], roi_text, roi, **kw)
+            text, meta = _choice(q["options"], option_losses(model, processor, prompt, q["options"]))
+            out.append(
+                (text, {**meta, "roi_box": list(roi.box), "roi_text": roi_text, "fallback": roi.reason})
+            )
+        return out
+
+    return run_questions(
+        question_file,
+        image_folder,
+        answers_file,
+        solve_s1 if mode == "s1" else solve_cos,
+        batch_size=batch_size,
+        model_id=model_id,
+        num_chunks=num_chunks,
+        chunk_idx=chunk_idx,
+        progress=progress,
+        error_metadata={"option_losses": None, "choice": None},
+    )

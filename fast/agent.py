@@ -1,0 +1,460 @@
+"""The FaST pipeline: the switch decides; System 2 goes global → region → pixel and answers from evidence.
+
+    agent = FastAgent(AgentConfig(base=..., switch=..., roi=..., seg=...))
+    trace = agent.answer(image, "What pattern is on the blue object?")
+    trace = agent.answer(image, question, options=["plain", "checkered"])   # likelihood multiple choice
+
+For a batch of questions every stage runs as one batch with one adapter active:
+
+1. switch: one prefill of each prompt followed by SEAL's missing-objects sentence (`switch_pass`) tells
+   whether greedy decoding would write that sentence. If not, the switch's own answer (greedy text, or
+   the options' likelihoods, from the same cache) is System 1, done. If so, its continuation names the
+   objects System 2 must find. "system2_always" continues the sentence for every question, so the switch
+   only names the objects. (`switch_decision="generate"` decodes and parses instead, as SEAL's probe.)
+2. ROI adapter, Chain-of-Spot stage 1: the region of interest for the question (global → region).
+3. seg adapter: each missing object is segmented inside that region (region → pixel); the mask goes
+   back to the original image, and its tight box is the object's box.
+4. switch with SEAL's evidence prompt: each object's 1.2x context crop and its location (the switch
+   applies the 1.2x itself, exactly as in its training data).
+
+Evidence modes: "roi" uses the region as every object's box (no seg), "seg" segments on the whole
+image (no ROI), "roi+seg" does both. Every fallback is recorded in the trace:
+an unparsable ROI box → the whole image is the region; no object named → one object called
+`fallback_object_name` with the region as its box; no mask inside the region → the object is segmented
+on the whole image (`seg_retry_whole_image`); still no `[SEG]` or an empty mask → the region is its box;
+more objects than `max_objects` → the first ones; an unreadable image → an empty answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from roillava.answer import build_prompt as build_llava_prompt
+from roillava.answer import generate as llava_generate
+from roillava.boxes import PaddedFrame, expand_to_square
+from roillava.roi import FULL_IMAGE_BOX, parse_roi_box, stage1_prompt
+from swillava.infer import parse_missing_objects
+from swillava.objects import (
+    MISSING_OBJECTS_PREFIX,
+    ObjectInstance,
+    check_box,
+    check_name,
+    evidence_question,
+    expand_objects,
+    patch_bounds,
+)
+
+from .config import AgentConfig
+from .likelihood import llava_option_losses_batch
+from .model import ROI, SEG, SWITCH, FastModel
+from .switch_pass import option_losses_batch, switch_pass
+from .trace import ObjectEvidence, Trace, mask_to_rle, tight_box
+
+
+@dataclass
+class Request:
+    """One question: its id, text, image (None when the image could not be read) and MC options."""
+
+    question_id: str
+    question: str
+    image: Image.Image | None
+    image_path: str | None = None
+    options: list[str] | None = None
+    error: str | None = None
+
+
+@dataclass
+class SegOutcome:
+    """One object's segmentation: the mask on the original image (None: no `[SEG]`), the seg adapter's
+    answer, and why the region's result was replaced by a whole-image one (None: it was not)."""
+
+    mask: np.ndarray | None
+    text: str
+    retried: str | None = None
+
+    @property
+    def found(self) -> bool:
+        return self.mask is not None and bool(self.mask.any())
+
+
+def padded_crop_bounds(width: int, height: int, box_norm: Sequence[float]) -> tuple[int, int, int, int]:
+    """Pixel bounds (left, top, right, bottom) of a normalised box on the padded square, >= 1 px."""
+    side = PaddedFrame(width, height).side
+    x1, y1, x2, y2 = box_norm
+    left, top = int(round(x1 * side)), int(round(y1 * side))
+    return left, top, max(left + 1, int(round(x2 * side))), max(top + 1, int(round(y2 * side)))
+
+
+def region_pixel_box(width: int, height: int, box_norm: Sequence[float]) -> tuple[float, float, float, float]:
+    """The region as `(x, y, w, h)` on the original image (clipped to it; at least 1 px)."""
+    frame = PaddedFrame(width, height)
+    ox, oy = frame.offset
+    left, top, right, bottom = padded_crop_bounds(width, height, box_norm)
+    x1, y1 = min(max(left - ox, 0), width - 1), min(max(top - oy, 0), height - 1)
+    x2, y2 = max(min(right - ox, width), x1 + 1), max(min(bottom - oy, height), y1 + 1)
+    return float(x1), float(y1), float(x2 - x1), float(y2 - y1)
+
+
+def paste_region_mask(mask: np.ndarray, width: int, height: int, box_norm: Sequence[float]) -> np.ndarray:
+    """A mask predicted on the region crop, placed on the original image (padding cut away)."""
+    frame = PaddedFrame(width, height)
+    ox, oy = frame.offset
+    left, top, right, bottom = padded_crop_bounds(width, height, box_norm)
+    if mask.shape != (bottom - top, right - left):
+        raise ValueError(f"region mask is {mask.shape}, the region is {(bottom - top, right - left)}")
+    side = frame.side
+    full = np.zeros((side, side), dtype=bool)
+    full[top:bottom, left:right] = mask
+    return full[oy : oy + height, ox : ox + width]
+
+
+class _Clock:
+    """Wall time of each stage of a batch, shared equally by the questions the stage ran for."""
+
+    def __init__(self, traces: list[Trace]):
+        self.traces = traces
+
+    def run(self, stage: str, rows: list[int], fn):
+        if not rows:
+            return fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        share = (time.perf_counter() - start) / len(rows)
+        for i in rows:
+            lat = self.traces[i].latency
+            lat[stage] = lat.get(stage, 0.0) + share
+        return out
+
+
+class FastAgent:
+    """FaST on one `FastModel`; `answer_batch` returns one `Trace` per request."""
+
+    def __init__(self, config: AgentConfig, model: FastModel | None = None):
+        self.config = config
+        self.model = model or FastModel(config)
+
+    # --- public -------------------------------------------------------------------------------------
+    def answer(
+        self, image: Image.Image, question: str, *, options: list[str] | None = None, question_id: str = "0"
+    ) -> Trace:
+        return self.answer_batch([Request(question_id, question, image, options=options)])[0]
+
+    def answer_batch(self, requests: Sequence[Request]) -> list[Trace]:
+        cfg = self.config
+        traces = [
+            Trace(
+                r.question_id,
+                r.question,
+                r.image_path,
+                cfg.mode,
+                cfg.evidence,
+                options=r.options,
+                error=r.error,
+            )
+            for r in requests
+        ]
+        clock = _Clock(traces)
+        start = time.perf_counter()
+        live = [i for i, r in enumerate(requests) if r.image is not None]
+        for i, r in enumerate(requests):
+            if r.image is None:
+                traces[i].fallback("input", r.error or "no image", "empty answer")
+        with self.model.vision.scope():
+            if not live:
+                pass
+            elif cfg.mode == "system1":
+                self._system1(requests, traces, live, clock)
+            else:
+                self._fast(requests, traces, live, clock)
+        total = (time.perf_counter() - start) / max(1, len(requests))
+        for t in traces:
+            t.latency["total"] = sum(v for k, v in t.latency.items() if k != "total") if t.latency else 0.0
+            t.latency["batch_share"] = total
+        return traces
+
+    # --- System 1 baseline: the base model, adapters off --------------------------------------------
+    def _system1(self, requests, traces, live, clock) -> None:
+        proc, core = self.model.base_processor, self.model.core
+        with self.model.base_only() as model:
+            prompts = [
+                build_llava_prompt(
+                    self._question(requests[i]), [requests[i].image], tokenizer=proc.tokenizer,
+                    model_config=core.config, template=self.model.switch_config.template,
+                )
+                for i in live
+            ]  # fmt: skip
+            free = [i for i in live if requests[i].options is None]
+            mc = [i for i in live if requests[i].options is not None]
+            by_row = dict(zip(live, prompts))
+            if free:
+                texts = clock.run(
+                    "system1", free,
+                    lambda: llava_generate(model, proc, [by_row[i] for i in free], max_new_tokens=self.config.answer_max_new_tokens),
+                )  # fmt: skip
+                for i, text in zip(free, texts):
+                    traces[i].answer = text
+            if mc:
+                pixels = proc.image_processor([requests[i].image for i in mc], return_tensors="pt")[
+                    "pixel_values"
+                ]
+                losses = clock.run(
+                    "system1", mc,
+                    lambda: llava_option_losses_batch(
+                        model, proc.tokenizer, [by_row[i].input_ids for i in mc], pixels, [requests[i].options for i in mc]
+                    ),
+                )  # fmt: skip
+                for i, row in zip(mc, losses):
+                    self._choose(traces[i], row)
+
+    # --- FaST ---------------------------------------------------------------------------------------
+    def _question(self, r: Request) -> str:
+        return r.question + self.config.question_suffix
+
+    def _fast(self, requests, traces, live, clock) -> None:
+        cfg, model = self.config, self.model
+        switch = model.switch
+        model.use(SWITCH)
+        system2 = self._decide(requests, traces, live, clock)
+
+        regions = {i: FULL_IMAGE_BOX for i in system2}
+        if cfg.uses_roi and system2:
+            self._roi(requests, traces, system2, regions, clock)
+        names = {i: self._object_names(traces[i]) for i in system2}
+        masks: dict[tuple[int, int], SegOutcome] = {}
+        if cfg.uses_seg and system2:
+            masks = self._seg(requests, names, system2, regions, clock)
+        for i in system2:
+            self._collect_evidence(requests[i], traces[i], names[i], regions[i], masks, i)
+
+        model.use(SWITCH)
+        free = [i for i in system2 if requests[i].options is None]
+        if free:
+            prompts = [self._evidence_prompt(requests[i], traces[i]) for i in free]
+            answers = clock.run(
+                "switch_answer", free, lambda: switch.generate(prompts, cfg.answer_max_new_tokens)
+            )
+            for i, text in zip(free, answers):
+                traces[i].answer = text
+                if parse_missing_objects(text) is not None:
+                    traces[i].fallback(
+                        "switch_answer", "still missing objects after evidence", "kept the answer"
+                    )
+        # Options not scored yet: System-2 rows (with their evidence), and System-1 rows when the
+        # decision was decoded rather than made in the shared pass.
+        scored = [i for i in live if requests[i].options is not None and traces[i].option_losses is None]
+        if scored:
+            prompts = [self._evidence_prompt(requests[i], traces[i]) for i in scored]
+            stage = (
+                "switch_answer" if all(traces[i].system == "system2" for i in scored) else "switch_options"
+            )
+            losses = clock.run(
+                stage,
+                scored,
+                lambda: option_losses_batch(switch, prompts, [requests[i].options for i in scored]),
+            )
+            for i, row in zip(scored, losses):
+                self._choose(traces[i], row)
+
+    def _evidence_prompt(self, request: Request, trace: Trace):
+        """The switch's prompt for the final answer: with SEAL's evidence on System 2, plain otherwise."""
+        objects = self._objects(trace) if trace.system == "system2" else []
+        return self.model.switch.build_prompt(request.image, self._question(request), objects)
+
+    def _decide(self, requests, traces, live, clock) -> list[int]:
+        """The switch's decision for every question; returns the rows that go to System 2.
+
+        "prefix" (and "system2_always") run `switch_pass`: one prefill of each prompt followed by SEAL's
+        missing-objects sentence decides whether greedy decoding would write it, continues it with the
+        object names, and answers System-1 rows (greedy text, or option losses) from the same cache.
+        "generate" decodes the switch's answer as SEAL's probe does and parses it.
+        """
+        cfg, switch = self.config, self.model.switch
+        sentence = switch.tokenizer(MISSING_OBJECTS_PREFIX, add_special_tokens=False).input_ids
+        prompts = [switch.build_prompt(requests[i].image, self._question(requests[i])) for i in live]
+        forced = cfg.mode == "system2_always"
+        if forced or cfg.switch_decision == "prefix":
+            how = "forced" if forced else "prefix"
+            result = clock.run(
+                "switch",
+                live,
+                lambda: switch_pass(
+                    switch, prompts, sentence, force=forced, max_new_tokens=cfg.switch_max_new_tokens,
+                    direct_rows=[k for k, i in enumerate(live) if requests[i].options is None],
+                    options={k: requests[i].options for k, i in enumerate(live) if requests[i].options is not None},
+                ),
+            )  # fmt: skip
+            starts = dict(zip(live, result.starts))
+            for k, i in enumerate(live):
+                if k in result.continuation:
+                    traces[i].switch_text = f"{MISSING_OBJECTS_PREFIX} {result.continuation[k]}"
+                elif k in result.direct:
+                    traces[i].switch_text = result.direct[k]
+                if k in result.option_losses:
+                    self._choose(traces[i], result.option_losses[k])
+        else:
+            how = "generate"
+            texts = clock.run("switch", live, lambda: switch.generate(prompts, cfg.switch_max_new_tokens))
+            for i, text in zip(live, texts):
+                traces[i].switch_text = text
+            starts = {i: parse_missing_objects(traces[i].switch_text) is not None for i in live}
+        for i in live:
+            t = traces[i]
+            t.decision, t.forced_system2 = how, forced
+            if starts[i]:
+                t.system, t.missing_objects = "system2", parse_missing_objects(t.switch_text)
+            elif t.option_losses is None:
+                t.system, t.answer = "system1", t.switch_text or ""
+            else:
+                t.system = "system1"
+        return [i for i in live if starts[i]]
+
+    def _choose(self, trace: Trace, losses: list[float]) -> None:
+        trace.option_losses = losses
+        trace.answer = trace.options[min(range(len(losses)), key=losses.__getitem__)]
+
+    def _roi(self, requests, traces, rows, regions, clock) -> None:
+        model = self.model
+        model.use(ROI)
+        kw = {"processor": model.roi_processor, "model_config": model.core.config, "config": model.roi_config}
+        prompts = [stage1_prompt(self._question(requests[i]), requests[i].image, **kw) for i in rows]
+        texts = clock.run(
+            "roi", rows,
+            lambda: llava_generate(model.peft, model.roi_processor, prompts, max_new_tokens=model.roi_config.roi_max_new_tokens),
+        )  # fmt: skip
+        for i, text in zip(rows, texts):
+            parsed = parse_roi_box(text, model.roi_config.min_side)
+            w, h = requests[i].image.size
+            regions[i] = parsed.box
+            traces[i].roi = {
+                "text": text,
+                "box": list(parsed.box),
+                "box_pixels": list(region_pixel_box(w, h, parsed.box)),
+                "ok": parsed.ok,
+                "reason": parsed.reason,
+                "clamped": parsed.clamped,
+            }
+            if not parsed.ok:
+                traces[i].fallback("roi", f"unusable ROI box: {parsed.reason}", "whole image as the region")
+
+    def _object_names(self, trace: Trace) -> list[str]:
+        """The usable names the switch gave, at most `max_objects` (empty: the fallback object)."""
+        names = []
+        for name in trace.missing_objects or []:
+            try:
+                names.append(check_name(name))
+            except ValueError as e:
+                trace.fallback("switch", f"unusable object name: {e}", "dropped", name)
+        if not names:
+            trace.fallback(
+                "switch",
+                "no objects parsed",
+                f"one object {self.config.fallback_object_name!r} on the region",
+            )
+        elif len(names) > self.config.max_objects:
+            trace.fallback(
+                "switch", f"{len(names)} objects named", f"kept the first {self.config.max_objects}"
+            )
+            names = names[: self.config.max_objects]
+        return names
+
+    def _seg(self, requests, names, rows, regions, clock) -> dict[tuple[int, int], SegOutcome]:
+        """A mask on the original image for each (question, object), segmented inside the question's region.
+
+        An object the region yields nothing for (no `[SEG]`, empty mask) is segmented again on the whole
+        image when `seg_retry_whole_image` is on and the region was not the whole image already.
+        """
+        jobs = [(i, j, name) for i in rows for j, name in enumerate(names[i])]
+        outcomes = {
+            key: SegOutcome(mask, text)
+            for key, (mask, text) in self._segment(requests, jobs, regions, clock).items()
+        }
+        retry = [
+            (i, j, name)
+            for i, j, name in jobs
+            if not outcomes[(i, j)].found and tuple(regions[i]) != FULL_IMAGE_BOX
+        ]
+        if retry and self.config.seg_retry_whole_image:
+            whole = dict.fromkeys((i for i, _, _ in retry), FULL_IMAGE_BOX)
+            for key, (mask, text) in self._segment(requests, retry, whole, clock).items():
+                before = outcomes[key]
+                why = (
+                    "no [SEG] token generated in the region"
+                    if before.mask is None
+                    else "empty mask in the region"
+                )
+                outcomes[key] = SegOutcome(mask, text, why)
+        return outcomes
+
+    def _segment(
+        self, requests, jobs, regions, clock
+    ) -> dict[tuple[int, int], tuple[np.ndarray | None, str]]:
+        """Seg adapter on each question's region crop (SAM encodes each crop once), masks pasted back."""
+        if not jobs:
+            return {}
+        model = self.model
+        model.use(SEG)
+        rows = list(dict.fromkeys(i for i, _, _ in jobs))
+        index = {i: k for k, i in enumerate(rows)}
+        region_images = [
+            expand_to_square(requests[i].image).crop(padded_crop_bounds(*requests[i].image.size, regions[i]))
+            for i in rows
+        ]
+        results = clock.run(
+            "seg",
+            rows,
+            lambda: model.seg_stage.segment(region_images, [(index[i], n) for i, _, n in jobs], self.config),
+        )
+        out = {}
+        for (i, j, _), (region_mask, text) in zip(jobs, results):
+            w, h = requests[i].image.size
+            out[(i, j)] = (
+                None if region_mask is None else paste_region_mask(region_mask, w, h, regions[i]),
+                text,
+            )
+        return out
+
+    def _collect_evidence(self, request: Request, trace: Trace, names, region, masks, row: int) -> None:
+        image = request.image
+        width, height = image.size
+        region_box = region_pixel_box(width, height, region)
+        region_source = "roi" if trace.roi is not None and trace.roi["ok"] else "image"
+        names = names or [self.config.fallback_object_name]
+        for j, name in enumerate(names):
+            box, source, rle, area, seg_text = region_box, region_source, None, None, None
+            if (row, j) in masks:
+                outcome = masks[(row, j)]
+                mask, seg_text = outcome.mask, outcome.text
+                if outcome.retried:
+                    trace.fallback("seg", outcome.retried, "segmented the whole image", name)
+                if mask is None:
+                    trace.fallback("seg", "no [SEG] token generated", f"{region_source} box", name)
+                elif not mask.any():
+                    trace.fallback("seg", "empty mask", f"{region_source} box", name)
+                else:
+                    rle, area = mask_to_rle(mask), int(mask.sum())
+                    box, source = tight_box(mask), "seg"
+            box = check_box(list(box), width, height)  # always inside the image by construction
+            scale = self.model.switch_config.patch_scale
+            trace.objects.append(
+                ObjectEvidence(
+                    name, [float(v) for v in box], source, list(patch_bounds(box, width, height, scale)),
+                    seg_text, rle, area,
+                )
+            )  # fmt: skip
+        instances = [ObjectInstance(o.name, tuple(o.box)) for o in trace.objects]
+        text = "<image>\n" + evidence_question(self._question(request), len(instances))
+        trace.evidence_prompt = expand_objects([(text, None)], instances, width, height)[0][0]
+
+    @staticmethod
+    def _objects(trace: Trace) -> list[tuple[str, list[float]]]:
+        return [(o.name, o.box) for o in trace.objects]

@@ -1,0 +1,98 @@
+"""The agent's typed configuration, saved next to every run and printed at its start."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+EVIDENCE_MODES = ("roi", "seg", "roi+seg")
+MODES = ("fast", "system2_always", "system1")
+CONFIG_FILE_SUFFIX = ".config.json"
+
+
+@dataclass
+class AgentConfig:
+    """Checkpoints and knobs of one FaST run.
+
+    `base` is the llava-hf System-1 checkpoint every adapter was trained on; `switch`, `roi` and `seg`
+    are the adapter directories their siblings save. `sam` defaults to the SAM the seg checkpoint names.
+
+    `mode`: "fast" (the switch decides), "system2_always" (System 2 for every question: the switch is
+    made to start its missing-objects sentence and only names the objects) or "system1" (the base with
+    every adapter disabled, the demo's baseline). `evidence`: what System 2 feeds back to the switch:
+    "roi" (the proposed region as each object's box), "seg" (masks segmented on the whole image) or
+    "roi+seg" (masks segmented inside the proposed region). `switch_decision`: "generate" decodes the
+    switch's answer and parses it (SEAL); "prefix" makes the same decision from one teacher-forced pass
+    (does greedy decoding start with the missing-objects sentence?) and decodes only what is needed.
+    `seg_decoding`: "teacher" forces LISA's
+    answer `"[SEG]."` (one pass, always a mask), "generate" decodes and uses the first `[SEG]`.
+    `seg_retry_whole_image`: an object the proposed region yields no mask for is segmented again on the
+    whole image (a region that misses the object would otherwise leave only the region as its box).
+    """
+
+    base: str
+    switch: str
+    roi: str | None = None
+    seg: str | None = None
+    sam: str | None = None
+    mode: str = "fast"
+    evidence: str = "roi+seg"
+    device: str = "cpu"
+    dtype: str = "float32"
+    switch_decision: str = "prefix"
+    switch_max_new_tokens: int = 200
+    roi_max_new_tokens: int = 128
+    seg_max_new_tokens: int = 32
+    answer_max_new_tokens: int = 128
+    max_objects: int = 3
+    question_suffix: str = ""
+    fallback_object_name: str = "region of interest"
+    seg_prompt: str = "Can you segment the {name} in this image?"
+    seg_decoding: str = "teacher"
+    seg_retry_whole_image: bool = True
+    mask_threshold: float = 0.0
+    batch_size: int = 8
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.evidence not in EVIDENCE_MODES:
+            raise ValueError(f"evidence must be one of {EVIDENCE_MODES}, got {self.evidence!r}")
+        if self.mode != "system1":
+            if "roi" in self.evidence and not self.roi:
+                raise ValueError(f"evidence {self.evidence!r} needs a ROI adapter (--roi)")
+            if "seg" in self.evidence and not self.seg:
+                raise ValueError(f"evidence {self.evidence!r} needs a seg adapter (--seg)")
+        if self.max_objects < 1:
+            raise ValueError(f"max_objects must be at least 1, got {self.max_objects}")
+        if self.switch_decision not in ("prefix", "generate"):
+            raise ValueError(f"switch_decision must be prefix or generate, got {self.switch_decision!r}")
+        if self.seg_decoding not in ("teacher", "generate"):
+            raise ValueError(f"seg_decoding must be teacher or generate, got {self.seg_decoding!r}")
+        if "{name}" not in self.seg_prompt:
+            raise ValueError(f"seg_prompt must contain {{name}}, got {self.seg_prompt!r}")
+
+    @property
+    def uses_roi(self) -> bool:
+        return "roi" in self.evidence
+
+    @property
+    def uses_seg(self) -> bool:
+        return "seg" in self.evidence
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> AgentConfig:
+        raw = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown AgentConfig fields {unknown}")
+        return cls(**raw)

@@ -1,0 +1,99 @@
+"""Multiple choice by likelihood on a KV cache, batched over questions (V*Bench's protocol).
+
+SEAL's rule (and `SwitchAdapter.option_losses`'s): after the prompt, every option (its tokens, then EOS)
+scores the mean cross-entropy of its tokens, the first predicted from the prompt's last logits. Here the
+prompts of a batch are prefilled once (left padding; positions count real tokens only), and all options of
+all questions run as one batch on copies of their prompt's cache.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch.nn import functional as F
+
+IGNORE_INDEX = -100
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def select_rows(cache, rows: Sequence[int]):
+    """A new cache holding `rows` (repeats allowed) of `cache`; `cache` itself is left as it was."""
+    picked = copy.copy(cache)
+    picked.layers = [copy.copy(layer) for layer in cache.layers]
+    picked.batch_select_indices(torch.tensor(list(rows), dtype=torch.long, device=_cache_device(cache)))
+    return picked
+
+
+def _cache_device(cache) -> torch.device:
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None:
+            return layer.keys.device
+    return torch.device("cpu")
+
+
+@torch.inference_mode()
+def option_losses_on_cache(
+    llava, tokenizer, cache, last_logits: torch.Tensor, mask: torch.Tensor, options: Sequence[Sequence[str]]
+) -> list[list[float]]:
+    """Mean CE of each row's options after its prompt cache (`last_logits` [R, V], `mask` [R, L])."""
+    pairs = [(r, o) for r, opts in enumerate(options) for o in opts]
+    if not pairs:
+        return [[] for _ in options]
+    device = last_logits.device
+    ids = [tokenizer(o, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for _, o in pairs]
+    rows = [r for r, _ in pairs]
+    width = max(map(len, ids))
+    tokens = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
+    targets = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long, device=device)
+    for k, seq in enumerate(ids):
+        tokens[k, : len(seq)] = targets[k, : len(seq)] = torch.tensor(seq)
+    index = torch.tensor(rows, device=device)
+    prompt_mask = mask[index]
+    attention = torch.cat([prompt_mask, (targets != IGNORE_INDEX).long()], dim=1)
+    positions = prompt_mask.sum(1, keepdim=True) + torch.arange(width, device=device)
+    out = llava(
+        input_ids=tokens,
+        attention_mask=attention,
+        position_ids=positions,
+        cache=select_rows(cache, rows),
+        use_cache=True,
+    )
+    logits = torch.cat([last_logits[index].unsqueeze(1), out.logits[:, :-1]], dim=1).float()
+    ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    per_pair = (ce.sum(1) / (targets != IGNORE_INDEX).sum(1)).tolist()
+    grouped: list[list[float]] = [[] for _ in options]
+    for (r, _), loss in zip(pairs, per_pair):
+        grouped[r].append(loss)
+    return grouped
+
+
+@torch.inference_mode()
+def llava_option_losses_batch(
+    model,
+    tokenizer,
+    input_ids: Sequence[list[int]],
+    pixel_values: torch.Tensor | None,
+    options: Sequence[Sequence[str]],
+) -> list[list[float]]:
+    """Option losses on a plain llava-hf model for prompts given as ids (with their image-token runs)."""
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids in input_ids)
+    ids = torch.full((len(input_ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+    for row, seq in enumerate(input_ids):
+        ids[row, width - len(seq) :] = torch.tensor(seq)
+        mask[row, width - len(seq) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    kwargs = {}
+    if pixel_values is not None:
+        kwargs["pixel_values"] = pixel_values.to(device=device, dtype=next(model.parameters()).dtype)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=True, logits_to_keep=1,
+        **kwargs,
+    )  # fmt: skip
+    return option_losses_on_cache(model, tokenizer, out.cache, out.logits[:, -1], mask, options)

@@ -1,0 +1,314 @@
+"""One model in memory: the System-1 base once, the switch, ROI and seg LoRA adapters on it by name.
+
+Each sibling trains a peft LoRA adapter on the same llava-hf System-1 checkpoint; FaST loads that base
+once and attaches every adapter with `add_adapter` + the adapter's own saved weights, then activates one
+per stage (`use`). What each adapter trains besides LoRA comes along:
+
+* the llava-hf `multi_modal_projector` is in every adapter's `modules_to_save`: peft keeps the base's
+  copy (System 1 uses it) plus one trained copy per adapter, all genuinely different weights;
+* SEAL's object projector (`mm_projector_object`) is only ever used by the switch, so it is loaded as a
+  plain module, not wrapped: one copy instead of peft's untrained original plus the switch's;
+* the seg heads (`text_hidden_fcs`, SAM's mask decoder) and one SAM live next to the language model.
+
+Token ids: every stage tokenises and decodes with its own checkpoint's tokenizer, so each adapter sees
+exactly the ids it was trained with (`check_token_ids` refuses anything that could not be shared).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from roillava.roi import RoiConfig
+from swillava.conversation import OBJECT_PLACEHOLDER
+from swillava.infer import SwitchAdapter
+from swillava.model import OBJECT_PROJECTOR, SwiConfig, SwiLLaVA, attach_object_projector
+
+from .config import AgentConfig
+from .vision_cache import VisionMemo
+
+ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ROI_TRAIN_CONFIG_FILE = "roillava_train_config.json"
+SWITCH, ROI, SEG = "switch", "roi", "seg"
+IMAGE_PLACEHOLDER = "<image>"
+
+
+class TokenConflict(ValueError):
+    """Two checkpoints disagree about token ids in a way one shared base cannot serve."""
+
+
+def check_token_ids(
+    base_tokenizer,
+    adapter_tokenizers: dict[str, object],
+    required: dict[str, tuple[str, ...]],
+    *,
+    embedding_rows: int,
+    image_token_id: int,
+) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """The ids each adapter was trained with, and notes on ids that adapters use for different tokens.
+
+    Refused (TokenConflict): an adapter tokenizer that renumbers any base token (ordinary text would
+    tokenise differently), one without its required special token, one whose `<image>` id differs from
+    the base model's, and a token id beyond the base's embedding rows (that adapter resized the
+    vocabulary, so its embeddings are not the shared ones).
+
+    Allowed and noted: two adapters that each appended their own token at the same id (e.g. `<object>`
+    for the switch and `[SEG]` for seg both at 32002 on llava-hf 7B). Each stage tokenises and decodes
+    with its own tokenizer and no forward pass mixes stages; `<object>` is a placeholder whose embedding
+    is always overwritten by object features, so its id only has to be a valid row.
+    """
+    base_vocab = base_tokenizer.get_vocab()
+    ids: dict[str, dict[str, int]] = {}
+    for name, tok in adapter_tokenizers.items():
+        vocab = tok.get_vocab()
+        renumbered = sorted(t for t, i in base_vocab.items() if vocab.get(t) != i)
+        if renumbered:
+            raise TokenConflict(
+                f"the {name} checkpoint's tokenizer gives {len(renumbered)} base tokens other ids "
+                f"(e.g. {renumbered[:3]}); it was not trained on this base's vocabulary"
+            )
+        if vocab.get(IMAGE_PLACEHOLDER) != image_token_id:
+            raise TokenConflict(
+                f"the {name} checkpoint's {IMAGE_PLACEHOLDER} id is {vocab.get(IMAGE_PLACEHOLDER)}, "
+                f"the base model's is {image_token_id}"
+            )
+        if max(vocab.values()) >= embedding_rows:
+            raise TokenConflict(
+                f"the {name} checkpoint's tokenizer has {max(vocab.values()) + 1} ids, beyond the base's "
+                f"{embedding_rows} embedding rows: it resized the vocabulary, so it cannot share this base"
+            )
+        ids[name] = {}
+        for token in required.get(name, ()):
+            if token not in vocab:
+                raise TokenConflict(f"the {name} checkpoint's tokenizer has no {token} token")
+            ids[name][token] = vocab[token]
+    notes = []
+    by_id: dict[int, list[str]] = {}
+    for name, tokens in ids.items():
+        for token, i in tokens.items():
+            by_id.setdefault(i, []).append(f"{token} ({name})")
+    for i, users in sorted(by_id.items()):
+        if len(users) > 1:
+            notes.append(f"id {i} is {' and '.join(users)}: each stage uses its own tokenizer")
+    return ids, notes
+
+
+def load_processor(directory: str | Path, fallback: str | Path):
+    """A checkpoint's processor (padding on, as LLaVA-1.5 trains), or the base's if it saved none."""
+    d = Path(directory)
+    has = (d / "processor_config.json").is_file() or (d / "tokenizer_config.json").is_file()
+    processor = AutoProcessor.from_pretrained(d if has else fallback)
+    processor.image_processor.do_pad = True
+    return processor
+
+
+def attach_lora_adapter(
+    model: nn.Module, directory: str | Path, name: str, *, plain_modules: tuple[str, ...] = ()
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Add the peft adapter saved in `directory` to `model` under `name`; returns the peft model.
+
+    Weights of `plain_modules` (listed in the adapter's `modules_to_save`) are not wrapped by peft; they
+    are returned (keys relative to the llava-hf model) for the caller to load into the one plain module.
+    Every adapter weight must land: unexpected or missing adapter keys are errors.
+    """
+    from peft import LoraConfig, PeftModel, set_peft_model_state_dict
+
+    d = Path(directory)
+    for f in (ADAPTER_CONFIG_FILE, ADAPTER_FILE):
+        if not (d / f).is_file():
+            raise FileNotFoundError(f"not a peft adapter directory: {d / f} is missing")
+    config = LoraConfig.from_pretrained(str(d))
+    config.inference_mode = True
+    saved = list(config.modules_to_save or [])
+    config.modules_to_save = [m for m in saved if m not in plain_modules] or None
+    state = load_file(str(d / ADAPTER_FILE))
+    plain: dict[str, torch.Tensor] = {}
+    for key in list(state):
+        inner = key.removeprefix("base_model.model.")
+        if any(inner.startswith(f"model.{m}.") or inner.startswith(f"{m}.") for m in plain_modules):
+            plain[inner] = state.pop(key)
+    if isinstance(model, PeftModel):
+        model.add_adapter(name, config)
+    else:
+        model = PeftModel(model, config, adapter_name=name)
+    result = set_peft_model_state_dict(model, state, adapter_name=name)
+    if result.unexpected_keys:
+        raise ValueError(f"{d}: adapter weights that fit no module: {result.unexpected_keys[:5]}")
+    missing = [k for k in result.missing_keys if f".{name}." in k or k.endswith(f".{name}")]
+    if missing:
+        raise ValueError(f"{d}: adapter {name!r} lacks weights for {missing[:5]}")
+    return model, plain
+
+
+def unique_parameter_count(*modules: nn.Module | None) -> int:
+    """Elements of all distinct parameter storages (shared or tied tensors count once)."""
+    seen: set[tuple[int, int, tuple]] = set()
+    total = 0
+    for module in modules:
+        if module is None:
+            continue
+        for p in module.parameters():
+            key = (p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape))
+            if key not in seen:
+                seen.add(key)
+                total += p.numel()
+    return total
+
+
+@dataclass
+class MemoryReport:
+    """Resident parameters of the agent against "one LLaVA + SAM" (the base and SAM, each loaded once)."""
+
+    agent_params: int
+    llava_plus_sam_params: int
+    breakdown: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.agent_params / max(1, self.llava_plus_sam_params)
+
+    def as_dict(self) -> dict:
+        return {
+            "agent_params": self.agent_params,
+            "llava_plus_sam_params": self.llava_plus_sam_params,
+            "ratio": round(self.ratio, 4),
+            "breakdown": self.breakdown,
+        }
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{k} {v:,}" for k, v in self.breakdown.items())
+        return (
+            f"resident parameters: agent {self.agent_params:,} vs one LLaVA + SAM "
+            f"{self.llava_plus_sam_params:,} (x{self.ratio:.3f}); {parts}"
+        )
+
+
+def read_roi_config(directory: str | Path, *, max_new_tokens: int) -> RoiConfig:
+    """The ROI prompt wording and template the adapter was trained with (from its run config)."""
+    path = Path(directory) / ROI_TRAIN_CONFIG_FILE
+    wording, template = "where", "vicuna_v1"
+    if path.is_file():
+        run = json.loads(path.read_text())
+        wording = run.get("data", {}).get("roi_wording", wording)
+        template = run.get("model", {}).get("version", template)
+    return RoiConfig(wording=wording, template=template, roi_max_new_tokens=max_new_tokens)
+
+
+class FastModel:
+    """The shared base with every adapter attached; `use(name)` picks the adapter a stage runs with."""
+
+    def __init__(self, config: AgentConfig):
+        self.config = config
+        dtype = getattr(torch, config.dtype)
+        llava = LlavaForConditionalGeneration.from_pretrained(config.base, dtype=dtype)
+        base_count = unique_parameter_count(llava)
+        self.base_processor = load_processor(config.base, config.base)
+        self.core = llava
+        core_config = llava.config
+        # Read before peft wraps the embeddings (seg may train rows of its new tokens).
+        self.embedding_rows = rows = llava.get_input_embeddings().num_embeddings
+
+        # --- switch: LoRA + its projector copy; the object projector as one plain module
+        self.switch_config = SwiConfig.load(config.switch)
+        switch_processor = load_processor(config.switch, config.base)
+        processors = {SWITCH: switch_processor}
+        required = {SWITCH: (OBJECT_PLACEHOLDER,)}
+        if config.roi:
+            processors[ROI] = load_processor(config.roi, config.base)
+        self.seg_stage = None
+        if config.seg:
+            from .seg import SEG_TOKEN
+
+            processors[SEG] = load_processor(config.seg, config.base)
+            required[SEG] = (SEG_TOKEN,)
+        self.token_ids, self.token_notes = check_token_ids(
+            self.base_processor.tokenizer,
+            {k: p.tokenizer for k, p in processors.items()},
+            required,
+            embedding_rows=rows,
+            image_token_id=core_config.image_token_id,
+        )
+        object_projector = attach_object_projector(llava, self.switch_config.object_projector)
+        peft_model, plain = attach_lora_adapter(
+            llava, config.switch, SWITCH, plain_modules=(OBJECT_PROJECTOR,)
+        )
+        prefix = f"model.{OBJECT_PROJECTOR}."
+        object_state = {k.removeprefix(prefix): v for k, v in plain.items() if k.startswith(prefix)}
+        if not object_state:
+            raise ValueError(f"{config.switch}: the switch adapter holds no {OBJECT_PROJECTOR} weights")
+        object_projector.load_state_dict(object_state, strict=True)
+
+        if config.roi:
+            peft_model, _ = attach_lora_adapter(peft_model, config.roi, ROI)
+            self.roi_processor = processors[ROI]
+            self.roi_config = read_roi_config(config.roi, max_new_tokens=config.roi_max_new_tokens)
+        self.sam = None
+        if config.seg:
+            from .seg import SEG_TOKEN, SegStage
+
+            self.seg_stage = SegStage.attach(peft_model, config, self.token_ids[SEG][SEG_TOKEN])
+            self.sam = self.seg_stage.sam
+
+        self.peft = peft_model.to(config.device).eval()
+        self.peft.requires_grad_(False)
+        swi = SwiLLaVA(self.peft, self.switch_config, self.token_ids[SWITCH][OBJECT_PLACEHOLDER])
+        self.switch = SwitchAdapter(swi, switch_processor, max_new_tokens=config.switch_max_new_tokens)
+        if self.seg_stage is not None:
+            self.seg_stage.to(config.device)
+
+        layers = core_config.vision_feature_layer
+        self.vision = VisionMemo(
+            llava.model.vision_tower, list(layers) if isinstance(layers, (list, tuple)) else [layers]
+        )
+        self.memory = self._memory_report(base_count)
+
+    # --- adapters -----------------------------------------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.peft.peft_config)
+
+    def use(self, name: str) -> None:
+        """Activate one adapter (its LoRA and its projector copy) for the next stage."""
+        if name not in self.peft.peft_config:
+            raise ValueError(f"no {name!r} adapter loaded; loaded: {self.adapters}")
+        self.peft.set_adapter(name, inference_mode=True)
+
+    @contextlib.contextmanager
+    def base_only(self) -> Iterator[nn.Module]:
+        """The System-1 base: every adapter off, the base's own projector."""
+        with self.peft.disable_adapter():
+            yield self.peft
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.core.parameters()).device
+
+    # --- memory -------------------------------------------------------------------------------------
+    def _memory_report(self, base_count: int) -> MemoryReport:
+        sam_count = unique_parameter_count(self.sam)
+        extra = self.seg_stage.heads() if self.seg_stage is not None else []
+        agent = unique_parameter_count(self.peft, self.sam, *extra)
+        breakdown = {"base": base_count, "sam": sam_count}
+        named = list(self.peft.named_parameters())
+        for name in self.adapters:
+            mine = [(n, p) for n, p in named if name in n.split(".")]
+            lora = sum(p.numel() for n, p in mine if "lora_" in n)
+            copies = sum(p.numel() for n, p in mine if "modules_to_save" in n)
+            breakdown[f"{name}_lora"] = lora
+            breakdown[f"{name}_module_copies"] = copies
+            other = sum(p.numel() for _, p in mine) - lora - copies
+            if other:
+                breakdown[f"{name}_other"] = other  # e.g. seg's trained rows of its new tokens
+        breakdown["object_projector"] = unique_parameter_count(getattr(self.core.model, OBJECT_PROJECTOR))
+        if extra:
+            breakdown["seg_heads"] = unique_parameter_count(*extra)
+        return MemoryReport(agent, base_count + sam_count, breakdown)

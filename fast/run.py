@@ -1,0 +1,287 @@
+"""Batch runners: LLaVA question JSONL → answer JSONL + traces, and V*Bench multiple choice.
+
+Both are resumable with the System-1 answerer's semantics (`roillava.answer.read_done`): a rerun skips
+questions already in the answers file and drops a line cut off by a kill, so each question is answered
+exactly once. The answers file is the commit point; the traces file is reconciled with it on resume
+(lines of uncommitted questions dropped, missing ones restored from the answers' metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from roillava.answer import append_lines, batched, chunk, read_done
+from roillava.data import open_image
+
+from .agent import FastAgent, Request
+from .trace import Trace, draw_overlay
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+def traces_path_for(answers_file: str | Path) -> Path:
+    p = Path(answers_file)
+    return p.with_name(p.stem + ".traces.jsonl")
+
+
+def config_path_for(answers_file: str | Path) -> Path:
+    p = Path(answers_file)
+    return p.with_name(p.stem + ".config.json")
+
+
+def read_questions(question_file: str | Path) -> list[dict]:
+    """LLaVA question JSONL; a bad line (invalid JSON, no `question_id` or `text`) is an error naming file and line."""
+    path = Path(question_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"question file not found: {path}")
+    rows, seen = [], set()
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: invalid JSON line: {e}") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        for key in ("question_id", "text"):
+            if key not in row:
+                raise ValueError(f"{path}:{n}: question has no {key!r}")
+        if not isinstance(row["text"], str):
+            raise ValueError(f"{path}:{n}: 'text' must be a string")
+        if row["question_id"] in seen:
+            raise ValueError(f"{path}:{n}: duplicate question_id {row['question_id']!r}")
+        seen.add(row["question_id"])
+        rows.append(row)
+    return rows
+
+
+def reconcile_traces(traces_file: Path, answers_file: Path, done: set) -> None:
+    """Make the traces file hold exactly one trace per committed answer (the answers file decides)."""
+    kept: dict = {}
+    if traces_file.exists():
+        for line in traces_file.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut off by a kill
+            qid = row.get("question_id")
+            if qid in done and qid not in kept:
+                kept[qid] = row
+    if answers_file.exists():
+        for line in answers_file.read_text().splitlines():
+            row = json.loads(line)
+            trace = row.get("metadata", {}).get("trace")
+            if row["question_id"] not in kept and trace is not None:
+                kept[row["question_id"]] = trace
+    traces_file.parent.mkdir(parents=True, exist_ok=True)
+    traces_file.write_text("".join(json.dumps(t) + "\n" for t in kept.values()))
+
+
+@dataclass
+class _Item:
+    row: dict
+    request: Request
+
+
+def _load_requests(items: list[tuple[dict, Path | None, str, list[str] | None]]) -> Iterator[_Item]:
+    for row, image_path, question, options in items:
+        image, error = None, None
+        if image_path is not None:
+            try:
+                image = open_image(image_path)
+            except (FileNotFoundError, OSError) as e:
+                error = str(e)
+        else:
+            error = "question has no image"
+        yield _Item(
+            row,
+            Request(
+                str(row["question_id"]),
+                question,
+                image,
+                str(image_path) if image_path else None,
+                options,
+                error,
+            ),
+        )
+
+
+def _answer_row(item: _Item, trace: Trace, model_id: str, extra: dict | None = None) -> dict:
+    meta = {"system": trace.system, **(extra or {}), "trace": trace.to_dict()}
+    if item.request.error:
+        meta["error"] = item.request.error
+    return {
+        "question_id": item.row["question_id"],
+        "prompt": item.row["text"],
+        "text": trace.answer,
+        "answer_id": uuid.uuid4().hex,
+        "model_id": model_id,
+        "metadata": meta,
+    }
+
+
+def _run(
+    agent: FastAgent,
+    items: list[tuple[dict, Path | None, str, list[str] | None]],
+    answers_file: str | Path,
+    *,
+    traces_file: str | Path | None,
+    batch_size: int,
+    model_id: str,
+    overlay_dir: str | Path | None,
+    extra_metadata=None,
+) -> dict:
+    out = Path(answers_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    traces_out = Path(traces_file) if traces_file else traces_path_for(out)
+    done = read_done(out)
+    reconcile_traces(traces_out, out, done)
+    todo = [it for it in items if it[0]["question_id"] not in done]
+    start = time.perf_counter()
+    n_system2 = 0
+    for batch in batched(_load_requests(todo), batch_size):
+        traces = agent.answer_batch([it.request for it in batch])
+        rows = [
+            _answer_row(it, tr, model_id, extra_metadata(it, tr) if extra_metadata else None)
+            for it, tr in zip(batch, traces)
+        ]
+        append_lines(out, rows)
+        append_lines(traces_out, [tr.to_dict() for tr in traces])
+        n_system2 += sum(tr.system == "system2" for tr in traces)
+        if overlay_dir:
+            for it, tr in zip(batch, traces):
+                if tr.system == "system2" and it.request.image is not None:
+                    save_overlay(it.request.image, tr, overlay_dir)
+    seconds = time.perf_counter() - start
+    return {
+        "questions": len(items),
+        "answered_now": len(todo),
+        "resumed": len(items) - len(todo),
+        "system2_now": n_system2,
+        "seconds": seconds,
+        "sec_per_question": seconds / max(1, len(todo)),
+        "answers_file": str(out),
+        "traces_file": str(traces_out),
+    }
+
+
+def save_overlay(image, trace: Trace, overlay_dir: str | Path) -> Path:
+    d = Path(overlay_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / (str(trace.question_id).replace("/", "_") + ".png")
+    draw_overlay(image, trace).save(path)
+    return path
+
+
+def answer_question_file(
+    agent: FastAgent,
+    question_file: str | Path,
+    image_folder: str | Path,
+    answers_file: str | Path,
+    *,
+    traces_file: str | Path | None = None,
+    batch_size: int = 8,
+    num_chunks: int = 1,
+    chunk_idx: int = 0,
+    model_id: str = "fast",
+    overlay_dir: str | Path | None = None,
+) -> dict:
+    """LLaVA question JSONL (`question_id`, `image`, `text`) → LLaVA answer JSONL with the trace in metadata."""
+    questions = chunk(read_questions(question_file), num_chunks, chunk_idx)
+    items = [
+        (q, Path(image_folder) / q["image"] if q.get("image") else None, q["text"], None) for q in questions
+    ]
+    return _run(
+        agent, items, answers_file, traces_file=traces_file, batch_size=batch_size, model_id=model_id,
+        overlay_dir=overlay_dir,
+    )  # fmt: skip
+
+
+def vstar_items(bench_folder: str | Path) -> list[tuple[dict, Path | None, str, list[str]]]:
+    """V*Bench layout `<category>/<stem>.<img>` + `<stem>.json` (options[0] is the correct one)."""
+    root = Path(bench_folder)
+    # `answers*/` holds runs' outputs (LLaVA's layout), not questions.
+    metas = sorted(m for m in root.glob("*/*.json") if not m.parent.name.startswith("answers"))
+    if not metas:
+        raise FileNotFoundError(f"no V*Bench questions (<category>/<stem>.json) under {root}")
+    items = []
+    for meta in metas:
+        try:
+            ann = json.loads(meta.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{meta}: invalid JSON: {e}") from None
+        for key in ("question", "options"):
+            if key not in ann:
+                raise ValueError(f"{meta}: no {key!r}")
+        if not isinstance(ann["options"], list) or len(ann["options"]) < 2:
+            raise ValueError(f"{meta}: 'options' must list at least two answers")
+        images = [p for p in meta.parent.glob(meta.stem + ".*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        row = {
+            "question_id": f"{meta.parent.name}/{meta.stem}",
+            "text": ann["question"],
+            "category": meta.parent.name,
+            "target_object": ann.get("target_object", []),
+            "bbox": ann.get("bbox", []),
+        }
+        if len(images) > 1:
+            raise ValueError(f"{meta}: several images named {meta.stem}.*: {sorted(p.name for p in images)}")
+        image = images[0] if images else meta.with_suffix(".jpg")  # a missing image is a per-question error
+        items.append((row, image, ann["question"], [str(o) for o in ann["options"]]))
+    return items
+
+
+def answer_vstar(
+    agent: FastAgent,
+    bench_folder: str | Path,
+    answers_file: str | Path,
+    *,
+    traces_file: str | Path | None = None,
+    batch_size: int = 8,
+    num_chunks: int = 1,
+    chunk_idx: int = 0,
+    model_id: str = "fast",
+    overlay_dir: str | Path | None = None,
+) -> dict:
+    """Likelihood multiple choice over a V*Bench folder; the summary adds accuracy (all and per category)."""
+    items = chunk(vstar_items(bench_folder), num_chunks, chunk_idx)
+
+    def extra(item: _Item, trace: Trace) -> dict:
+        losses = trace.option_losses
+        return {
+            "category": item.row["category"],
+            # the V*Bench scorer's fields (eval/benchmarks.py): losses in the file's option order, the choice
+            "option_losses": losses,
+            "choice": None if losses is None else min(range(len(losses)), key=losses.__getitem__),
+            "correct": losses is not None and trace.answer == item.request.options[0],
+            "bbox": item.row["bbox"],
+            "target_object": item.row["target_object"],
+        }
+
+    summary = _run(
+        agent, items, answers_file, traces_file=traces_file, batch_size=batch_size, model_id=model_id,
+        overlay_dir=overlay_dir, extra_metadata=extra,
+    )  # fmt: skip
+    return {**summary, **vstar_summary(answers_file)}
+
+
+def vstar_summary(answers_file: str | Path) -> dict:
+    """Accuracy, per-category accuracy and System-2 rate of a V*Bench answers file."""
+    per: dict[str, list[bool]] = {}
+    system2 = 0
+    rows = [json.loads(line) for line in Path(answers_file).read_text().splitlines() if line.strip()]
+    for row in rows:
+        meta = row["metadata"]
+        per.setdefault(meta["category"], []).append(bool(meta["correct"]))
+        system2 += meta["system"] == "system2"
+    everything = [c for v in per.values() for c in v]
+    return {
+        "accuracy": sum(everything) / max(1, len(everything)),
+        "per_category": {k: sum(v) / len(v) for k, v in sorted(per.items())},
+        "system2_rate": system2 / max(1, len(rows)),
+    }

@@ -1,0 +1,153 @@
+"""The switch's work for a batch of questions, sharing one prefill of each prompt.
+
+The switch reads every prompt (image rows included) once, followed by SEAL's missing-objects sentence.
+That one pass gives, from its KV cache:
+
+* the decision: greedy decoding starts the sentence iff the logits predict each of its tokens;
+* the object names of System-2 rows: greedy decoding after the sentence, continuing the cache;
+* the direct answer of System-1 rows: the cache cut back to the prompt, decoded greedily;
+* multiple choice: every option (its tokens, then EOS) on the prompt's cache, mean cross-entropy each.
+
+All of it is batched over questions (left padding; positions count real tokens only), and each piece
+equals what `SwitchAdapter.generate` / `option_losses` compute for one question at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from .likelihood import option_losses_on_cache, positions_from_mask, select_rows
+
+
+@torch.inference_mode()
+def greedy_continue(
+    llava,
+    cache,
+    last_logits: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+) -> list[list[int]]:
+    """Greedy tokens after a prefilled cache: `last_logits` [R, V] predict the first; stops at EOS."""
+    rows = last_logits.shape[0]
+    out: list[list[int]] = [[] for _ in range(rows)]
+    done = torch.zeros(rows, dtype=torch.bool, device=last_logits.device)
+    positions = mask.sum(1, keepdim=True)
+    logits = last_logits
+    for step_index in range(max_new_tokens):
+        token = logits.argmax(-1)
+        token = torch.where(done, torch.full_like(token, pad_id), token)
+        for r, t in enumerate(token.tolist()):
+            if not done[r]:
+                out[r].append(t)
+        done = done | (token == eos_id)
+        if done.all() or step_index == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        step = llava(
+            input_ids=token.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        )
+        cache, logits, positions = step.cache, step.logits[:, -1], positions + 1
+    return out
+
+
+@dataclass
+class PassResult:
+    starts: list[bool]  # greedy decoding would begin with the sentence
+    continuation: dict[int, str]  # row -> decoded text after the sentence (rows that start it)
+    direct: dict[int, str]  # row -> greedy answer (requested rows that do not start it)
+    option_losses: dict[int, list[float]]  # row -> losses (requested rows that do not start it)
+
+
+@torch.inference_mode()
+def switch_pass(
+    switch,
+    prompts: Sequence,
+    sentence_ids: list[int],
+    *,
+    force: bool,
+    max_new_tokens: int,
+    direct_rows: Sequence[int] = (),
+    options: dict[int, list[str]] | None = None,
+) -> PassResult:
+    """Decide, name the objects, answer System-1 rows directly or by options, from one prefill.
+
+    `force`: every row continues after the sentence (System 2 always). `direct_rows` / `options` are
+    only served for rows that do not start the sentence.
+    """
+    options = options or {}
+    llava, tok = switch.model.llava, switch.tokenizer
+    k = len(sentence_ids)
+    batch = switch._batch([replace(p, input_ids=p.input_ids + sentence_ids) for p in prompts])
+    mask = batch["attention_mask"]
+    out = llava(
+        inputs_embeds=switch._embed(batch),
+        attention_mask=mask,
+        position_ids=positions_from_mask(mask),
+        use_cache=True,
+        logits_to_keep=k + 1,
+    )
+    logits, cache = out.logits, out.cache
+    # Kept logits: the prompt's last position predicts the sentence's first token, and so on.
+    predicted = logits[:, :k].argmax(-1)
+    matches = (predicted == torch.tensor(sentence_ids, device=predicted.device)).all(1).tolist()
+    starts = [True] * len(prompts) if force else matches
+    result = PassResult(starts, {}, {}, {})
+
+    on = [r for r, s in enumerate(starts) if s]
+    if on:
+        texts = greedy_continue(
+            llava, select_rows(cache, on), logits[on, -1], mask[on], max_new_tokens=max_new_tokens,
+            eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+        )  # fmt: skip
+        for r, ids in zip(on, texts):
+            result.continuation[r] = tok.decode(ids, skip_special_tokens=True).strip()
+    off = [r for r, s in enumerate(starts) if not s]
+    direct = [r for r in off if r in set(direct_rows)]
+    scored = [r for r in off if r in options]
+    if direct or scored:
+        cache.crop(-k)  # back to the prompts alone
+        prompt_mask = mask[:, :-k]
+        if direct:
+            texts = greedy_continue(
+                llava, select_rows(cache, direct), logits[direct, 0], prompt_mask[direct],
+                max_new_tokens=max_new_tokens, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+            )  # fmt: skip
+            for r, ids in zip(direct, texts):
+                result.direct[r] = tok.decode(ids, skip_special_tokens=True).strip()
+        if scored:
+            losses = option_losses_on_cache(
+                llava,
+                tok,
+                select_rows(cache, scored),
+                logits[scored, 0],
+                prompt_mask[scored],
+                [options[r] for r in scored],
+            )
+            result.option_losses.update(zip(scored, losses))
+    return result
+
+
+@torch.inference_mode()
+def option_losses_batch(switch, prompts: Sequence, options: Sequence[Sequence[str]]) -> list[list[float]]:
+    """`SwitchAdapter.option_losses` for a batch of prompts (e.g. with evidence), one prefill for all."""
+    llava = switch.model.llava
+    batch = switch._batch(list(prompts))
+    mask = batch["attention_mask"]
+    out = llava(
+        inputs_embeds=switch._embed(batch),
+        attention_mask=mask,
+        position_ids=positions_from_mask(mask),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return option_losses_on_cache(llava, switch.tokenizer, out.cache, out.logits[:, -1], mask, options)
