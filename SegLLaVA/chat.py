@@ -8,18 +8,15 @@
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.append(str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from segllava.inference import generate_masks, overlay  # noqa: E402
-from segllava.masks import open_rgb  # noqa: E402
-from segllava.model import SegLLaVA  # noqa: E402
+from segllava.inference import generate_masks, overlay
+from segllava.masks import open_rgb
+from segllava.model import SegLLaVA
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

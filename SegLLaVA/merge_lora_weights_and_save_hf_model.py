@@ -11,16 +11,13 @@ the whole SAM with the trained mask decoder in `sam/` (a `SamModel` directory), 
 """
 
 import argparse
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.append(str(Path(__file__).resolve().parent.parent))
+import torch
+from safetensors.torch import save_file
 
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
-from segllava.model import HEADS_FILE, SAM_SUBDIR, TEXT_HIDDEN_FCS, SegLLaVA  # noqa: E402
+from segllava.model import HEADS_FILE, SAM_SUBDIR, TEXT_HIDDEN_FCS, SegLLaVA
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

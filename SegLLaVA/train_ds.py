@@ -1,14 +1,9 @@
 """LISA's entry point: `deepspeed train_ds.py --version=… --dataset_dir=./dataset --vision_pretrained=… …`.
 
-See `segllava/train.py` for the flags. The repository root goes on the path for the shared `eval/metrics.py`.
+See `segllava/train.py` for the flags (and `README.md` beside this file).
 """
 
-import sys
-from pathlib import Path
-
-sys.path.append(str(Path(__file__).resolve().parent.parent))
-
-from segllava.train import train  # noqa: E402
+from segllava.train import train
 
 if __name__ == "__main__":
     train()

@@ -462,16 +462,17 @@ def agent_results(result: dict) -> dict:
 
 # --- the segmentation adapter (issue 5) ------------------------------------------------------------------
 TINY_SAM = PLAYGROUND / "tiny_sam"  # the pretrained toy SAM (committed, as a real SAM is downloaded)
+# ReasonSeg-style data only: in a trial at this budget, mixing in the toy ADE20K classes ("background",
+# "clutter", …) at 3:1 gave gIoU 0.65 (0.61 from generated answers) against 0.75 (0.74) without them.
 SEG_TRAIN = [
-    "--dataset=reason_seg||sem_seg",
-    "--sample_rates=3,1",
-    "--sem_seg_data=ade20k",
+    "--dataset=reason_seg",
+    "--sample_rates=1",
     "--num_classes_per_sample=1",
     "--epochs=1",
-    "--steps_per_epoch=150",
+    "--steps_per_epoch=120",
     "--batch_size=8",
     "--grad_accumulation_steps=1",
-    "--lr=1e-3",
+    "--lr=3e-3",
     "--warmup_steps=10",
     "--precision=fp32",
     "--workers=1",
@@ -486,10 +487,12 @@ SEG_EVAL = {"batch_size": 16, "max_new_tokens": 12}
 
 def stage_seg_train() -> None:
     """`deepspeed train_ds.py …` from `SegLLaVA/`, as LISA's README runs it, on the System-1 checkpoint."""
-    sam = TINY_SAM if (TINY_SAM / "model.safetensors").exists() else BASE / "sam"
+    # The toy SAM is committed; it is retrained (a 10-minute cap on a CPU) only if missing.
+    if not (TINY_SAM / "model.safetensors").exists():
+        py(["playground.sam_pretrain", "--out", str(TINY_SAM)], DEMO / "logs" / "sam_pretrain.log")
     cmd = [
         "deepspeed", "--num_gpus", "1", "--master_port", str(29500 + os.getpid() % 1000), "train_ds.py",
-        f"--version={CKPT / 'system1'}", f"--dataset_dir={ROOT / 'dataset'}", f"--vision_pretrained={sam}",
+        f"--version={CKPT / 'system1'}", f"--dataset_dir={ROOT / 'dataset'}", f"--vision_pretrained={TINY_SAM}",
         f"--log_base_dir={CKPT}", "--exp_name=seg", *SEG_TRAIN,
     ]  # fmt: skip
     log = DEMO / "logs" / "seg_train.log"

@@ -369,3 +369,21 @@ def test_encode_and_collate(tmp_path, processor) -> None:
     _image(image, 4, 3)
     with pytest.raises(DataError, match="x.jpg: masks are 3x3, the image 4x3"):
         bad[0]
+
+
+def test_split_metrics_golden_subsets() -> None:
+    """LISA's gIoU/cIoU over a split and per subset: empty/empty counts 1.0, 255 is ignored."""
+    from segllava.validate import split_metrics
+
+    preds = [np.array([[1, 1, 0, 0]]), np.zeros((1, 4), np.uint8), np.array([[1, 1, 1, 1]])]
+    gts = [np.array([[1, 0, 0, 0]]), np.zeros((1, 4), np.uint8), np.array([[255, 0, 1, 1]])]
+    metas = [{"query": "short", "target_size": "small"}, {"query": "long", "target_size": "large"},
+             {"query": "short", "target_size": "large"}]  # fmt: skip
+    m = split_metrics(preds, gts, metas)
+    # I/U: (1, 2), (0, 0) -> 1.0, (2, 3) with the 255 pixel ignored
+    assert m["n"] == 3
+    assert m["giou"] == pytest.approx((1 / (2 + 1e-5) + 1.0 + 2 / (3 + 1e-5)) / 3)
+    assert m["ciou"] == pytest.approx(3 / 5)
+    assert m["giou_small"] == pytest.approx(1 / (2 + 1e-5))
+    assert m["giou_large"] == pytest.approx((1.0 + 2 / (3 + 1e-5)) / 2)
+    assert m["giou_long"] == 1.0 and m["giou_short"] == pytest.approx((1 / (2 + 1e-5) + 2 / (3 + 1e-5)) / 2)

@@ -108,7 +108,7 @@ def generate_masks(
 def _clean(text: str, tok) -> str:
     """Decoded answer up to EOS, without padding (keeps `[SEG]`, which is the point of the answer)."""
     text = text.split(tok.eos_token)[0]
-    return text.replace(tok.pad_token, "").strip()
+    return (text.replace(tok.pad_token, "") if tok.pad_token else text).strip()
 
 
 def overlay(image: Image.Image, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.5) -> Image.Image:

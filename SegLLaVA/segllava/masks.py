@@ -32,6 +32,15 @@ def open_rgb(path: str | Path) -> Image.Image:
         raise DataError(f"{path}: cannot read image ({e})") from None
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels (the dataset decodes them once)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read image ({e})") from None
+
+
 def read_json(path: str | Path):
     try:
         return json.loads(Path(path).read_text())

@@ -36,8 +36,8 @@ from .masks import (
     IGNORE_LABEL,
     DataError,
     coco_segmentation_mask,
+    image_size,
     load_plain_pickle,
-    open_rgb,
     read_json,
     read_label_png,
     reason_seg_mask,
@@ -226,8 +226,7 @@ class SemSegSource:
 
     def _from_label_map(self, rng: random.Random, data: LabelMapSet) -> Sample | None:
         image_path, label_path = rng.choice(data.pairs)
-        image = open_rgb(image_path)
-        label = data.labels(label_path, image.size)
+        label = data.labels(label_path, image_size(image_path))
         present = [int(v) for v in np.unique(label) if v != IGNORE_LABEL]
         if not present:
             return None
@@ -240,11 +239,11 @@ class SemSegSource:
         image_id = rng.choice(sorted(data.anns))
         info = data.images[image_id]
         image_path = data.image_root / info["file_name"]
-        image = open_rgb(image_path)
-        if image.size != (info["width"], info["height"]):
+        size = image_size(image_path)
+        if size != (info["width"], info["height"]):
             raise DataError(
                 f"{data.json_path}: image {image_id} is {info['width']}x{info['height']} there but "
-                f"{image.size[0]}x{image.size[1]} in {image_path}"
+                f"{size[0]}x{size[1]} in {image_path}"
             )
         anns = rng.sample(data.anns[image_id], min(self.num_classes, len(data.anns[image_id])))
         names = [part_name(rng, data.categories[a["category_id"]]) for a in anns]
@@ -314,14 +313,13 @@ def _refer_mask(entry: ReferImage, ann: dict, inst_path: Path) -> np.ndarray:
     )
 
 
-def _checked_image(entry: ReferImage, inst_path: Path):
-    image = open_rgb(entry.path)
-    if image.size != (entry.width, entry.height):
+def _check_image_size(entry: ReferImage, inst_path: Path) -> None:
+    size = image_size(entry.path)
+    if size != (entry.width, entry.height):
         raise DataError(
             f"{inst_path}: {entry.path.name} is {entry.width}x{entry.height} there but "
-            f"{image.size[0]}x{image.size[1]} in {entry.path}"
+            f"{size[0]}x{size[1]} in {entry.path}"
         )
-    return image
 
 
 class ReferSegSource:
@@ -341,7 +339,7 @@ class ReferSegSource:
     def sample(self, rng: random.Random) -> Sample:
         images, inst_path = rng.choice(self.sets)
         entry = rng.choice(images)
-        _checked_image(entry, inst_path)
+        _check_image_size(entry, inst_path)
         chosen = rng.sample(entry.sentences, min(self.num_classes, len(entry.sentences)))
         return _class_question(
             rng,
@@ -373,8 +371,8 @@ class VqaSource:
             raise DataError(f"{self.path}: record {index}: {e}") from None
         if IMAGE_PLACEHOLDER not in turns[0][0]:
             turns[0] = (IMAGE_PLACEHOLDER + "\n" + turns[0][0], turns[0][1])
-        image = open_rgb(image_path)
-        return Sample(str(image_path), [turns], _empty_masks(image.size[1], image.size[0]))
+        width, height = image_size(image_path)
+        return Sample(str(image_path), [turns], _empty_masks(height, width))
 
 
 # --- reason_seg -----------------------------------------------------------------------------------------------
@@ -432,8 +430,8 @@ class ReasonSegSource:
 
     def sample(self, rng: random.Random) -> Sample:
         item = rng.choice(self.items)
-        image = open_rgb(item.image_path)
-        mask = reason_seg_mask(item.json_path, image.size[1], image.size[0])
+        width, height = image_size(item.image_path)
+        mask = reason_seg_mask(item.json_path, height, width)
         texts = rng.sample(item.texts, min(self.num_classes, len(item.texts)))
         explanation = self.explanations.get(item.image_path.name)
         conversations: list[Turns] = []
@@ -454,7 +452,7 @@ class ReasonSegSource:
                 asked = f"{IMAGE_PLACEHOLDER}\n{text} {rng.choice(EXPLANATORY_QUESTION_LIST)}"
                 conversations.append([(asked, f"{seg_answer(rng)} {explanation}")])
             masks.append(mask)
-        stacked = np.stack(masks) if masks else _empty_masks(image.size[1], image.size[0])
+        stacked = np.stack(masks) if masks else _empty_masks(height, width)
         return Sample(str(item.image_path), conversations, stacked, dict(item.meta))
 
 
