@@ -28,15 +28,21 @@ CKPT = DEMO / "checkpoints"
 # The toy recipe: what differs from the real 8-GPU defaults of each script.
 SYSTEM1_PRETRAIN = {"MAX_STEPS": "100", "BATCH": "16", "LR": "2e-3"}
 SYSTEM1_FINETUNE = {"MAX_STEPS": "900", "BATCH": "16", "LR": "1e-3"}
+# Adapter sizes: the agent holds every adapter on one base and must stay within 1.1x "one LLaVA + SAM"
+# (issue 6). LoRA r8 on the 256-wide toy LM is the real recipe's r128 on 4096 in proportion; both
+# adapters keep the base's MLP projector (--freeze_mm_mlp_adapter) instead of carrying a copy.
 ROI_TRAIN = {
     "MAX_STEPS": "150",
     "BATCH": "16",
-    "LR": "1e-3",
-    "MM_PROJECTOR_LR": "1e-3",
-    "LORA_R": "32",
-    "LORA_ALPHA": "64",
+    "LR": "2e-3",
+    "LORA_R": "4",
+    "LORA_ALPHA": "8",
+    "EXTRA_ARGS": "--freeze_mm_mlp_adapter True",
 }
-SWITCH_ARCH = "--object_projector_depth 2 --object_projector_heads 4 --object_projector_dim_head 48"
+SWITCH_ARCH = (
+    "--object_projector_depth 1 --object_projector_heads 2 --object_projector_dim_head 32"
+    " --object_projector_ff_mult 1 --object_projector_num_latents 16"
+)
 SWITCH_PRETRAIN = {
     "MAX_STEPS": "40",
     "BATCH": "16",
@@ -47,10 +53,10 @@ SWITCH_TRAIN = {
     "MAX_STEPS": "180",
     "BATCH": "16",
     "LR": "2e-3",
-    "MM_PROJECTOR_LR": "2e-3",
-    "LORA_R": "16",
-    "LORA_ALPHA": "32",
-    "EXTRA_ARGS": f"{SWITCH_ARCH} --lora_dropout 0",
+    "MM_PROJECTOR_LR": "2e-3",  # the object projector's
+    "LORA_R": "8",
+    "LORA_ALPHA": "16",
+    "EXTRA_ARGS": f"{SWITCH_ARCH} --lora_dropout 0 --freeze_mm_mlp_adapter True",
 }
 TOY_ENV = {
     "IMAGE_FOLDER": str(TOY / "images"),

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from test_training import run_script  # the same runner as the other training scripts
@@ -50,3 +51,19 @@ def test_finetune_lora_two_steps_saves_adapter_with_projector(tiny_base, toy_wor
     torch.testing.assert_close(projector["linear_1.weight"], adapter[weight])
     assert not torch.equal(projector["linear_1.weight"], base["linear_1.weight"])  # the projector trained
     assert processor.image_processor.do_pad
+
+
+def test_frozen_projector_is_neither_trained_nor_saved(tiny_base, tmp_path):
+    """`--freeze_mm_mlp_adapter`: the adapter is LoRA only and reuses the base's projector."""
+    from roillava.model import add_lora, freeze_for_stage
+
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_base)
+    freeze_for_stage(model, projector_only=False, freeze_projector=True)
+    assert not any(p.requires_grad for p in find_projector(model).parameters())
+    peft_model = add_lora(model, r=4, alpha=8, dropout=0.0, modules_to_save=[])
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    peft_model.save_pretrained(tmp_path)
+    assert not [k for k in load_file(tmp_path / "adapter_model.safetensors") if "multi_modal_projector" in k]
+    with pytest.raises(ValueError, match="contradict"):
+        freeze_for_stage(model, projector_only=True, freeze_projector=True)

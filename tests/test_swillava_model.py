@@ -212,3 +212,29 @@ def test_mm_projector_lr_applies_to_both_projectors(swi, tmp_path):
         "multi_modal_projector" in n for n in by_lr[0.5]
     )
     assert all("modules_to_save" in n for n in by_lr[0.5])
+
+
+def test_lora_with_frozen_mlp_projector_keeps_it_out_of_the_adapter(swi, tmp_path):
+    """`--freeze_mm_mlp_adapter`: the base's MLP projector is shared, so the adapter holds no copy of it."""
+    model, _ = swi
+    set_trainable(model, language_model=False, mlp_projector=False, object_projector=True)
+    add_lora(model, r=4, alpha=8, dropout=0.0, freeze_mlp_projector=True, modules=("q_proj", "v_proj"))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and not [n for n in trainable if "multi_modal_projector" in n]
+    assert any(OBJECT_PROJECTOR in n for n in trainable)
+    lora_layers = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable if ".lora_" in n}
+    assert lora_layers == {"q_proj", "v_proj"}
+    model.llava.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    assert not [k for k in saved if "multi_modal_projector" in k]
+    assert [k for k in saved if OBJECT_PROJECTOR in k]
+
+
+def test_lora_modules_must_be_language_model_linears():
+    from swillava.model import lora_targets
+
+    assert lora_targets(("q_proj",)) == r".*language_model.*\.(q_proj)"
+    with pytest.raises(ValueError, match="subset"):
+        lora_targets(("fc1",))
+    with pytest.raises(ValueError, match="non-empty"):
+        lora_targets(())

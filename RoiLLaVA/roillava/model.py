@@ -90,15 +90,23 @@ def load_base(
     return LlavaForConditionalGeneration.from_pretrained(path, **kwargs)
 
 
-def freeze_for_stage(model: LlavaForConditionalGeneration, *, projector_only: bool) -> None:
+def freeze_for_stage(
+    model: LlavaForConditionalGeneration, *, projector_only: bool, freeze_projector: bool = False
+) -> None:
     """Projector alignment trains the projector alone; instruction tuning adds the language model.
 
-    The vision tower is always frozen, as in LLaVA-1.5.
+    The vision tower is always frozen, as in LLaVA-1.5; `freeze_projector` (LLaVA's
+    `--freeze_mm_mlp_adapter`) keeps the projector as it is too.
     """
+    if projector_only and freeze_projector:
+        raise ValueError("--tune_mm_mlp_adapter and --freeze_mm_mlp_adapter contradict each other")
     for name, p in model.named_parameters():
         in_projector = f"{PROJECTOR}." in name
         in_tower = "vision_tower." in name
-        p.requires_grad_(in_projector or (not projector_only and not in_tower))
+        trains = (in_projector and not freeze_projector) or (
+            not projector_only and not in_tower and not in_projector
+        )
+        p.requires_grad_(trains)
 
 
 def add_lora(model, *, r: int, alpha: int, dropout: float, modules_to_save: list[str] | None = None):
@@ -111,7 +119,7 @@ def add_lora(model, *, r: int, alpha: int, dropout: float, modules_to_save: list
         lora_dropout=dropout,
         bias="none",
         target_modules=LORA_TARGETS,
-        modules_to_save=modules_to_save if modules_to_save is not None else [PROJECTOR],
+        modules_to_save=[PROJECTOR] if modules_to_save is None else (modules_to_save or None),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)

@@ -74,6 +74,10 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_r: int = 64
     lora_alpha: int = 16
     lora_dropout: float = 0.05
+    freeze_mm_mlp_adapter: bool = field(
+        default=False,
+        metadata={"help": "keep the base's projector frozen (with LoRA: out of the adapter)"},
+    )
     bits: int = field(default=16, metadata={"help": "4 or 8 for QLoRA (GPU + bitsandbytes)"})
     remove_unused_columns: bool = False
 
@@ -189,12 +193,20 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
         return
     if model_args.pretrain_mm_mlp_adapter:
         load_projector(model, model_args.pretrain_mm_mlp_adapter)
-    freeze_for_stage(model, projector_only=model_args.tune_mm_mlp_adapter)
+    freeze_for_stage(
+        model,
+        projector_only=model_args.tune_mm_mlp_adapter,
+        freeze_projector=training_args.freeze_mm_mlp_adapter,
+    )
     if training_args.activation_checkpointing:
         model.enable_input_require_grads()
     if training_args.lora_enable:
         model = add_lora(
-            model, r=training_args.lora_r, alpha=training_args.lora_alpha, dropout=training_args.lora_dropout
+            model,
+            r=training_args.lora_r,
+            alpha=training_args.lora_alpha,
+            dropout=training_args.lora_dropout,
+            modules_to_save=[] if training_args.freeze_mm_mlp_adapter else None,
         )
 
     config = run_config(model_args, data_args, training_args)

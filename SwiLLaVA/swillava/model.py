@@ -39,7 +39,15 @@ OBJECT_PROJECTOR = "mm_projector_object"
 CONFIG_FILE = "swillava_config.json"
 MLP_PROJECTOR_FILE = "mm_projector.safetensors"
 OBJECT_PROJECTOR_FILE = "mm_projector_object.safetensors"
-LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def lora_targets(modules: tuple[str, ...] = LORA_MODULES) -> str:
+    """peft's target regex: the named linear layers of the language model only (never CLIP's)."""
+    unknown = sorted(set(modules) - set(LORA_MODULES))
+    if unknown or not modules:
+        raise ValueError(f"LoRA modules must be a non-empty subset of {LORA_MODULES}, got {list(modules)}")
+    return rf".*language_model.*\.({'|'.join(modules)})"
 
 
 @dataclass
@@ -417,8 +425,20 @@ def set_trainable(
             p.requires_grad_(language_model)
 
 
-def add_lora(swi: SwiLLaVA, *, r: int, alpha: int, dropout: float) -> None:
-    """LoRA on every linear layer of the language model; both projectors train fully and are saved with it."""
+def add_lora(
+    swi: SwiLLaVA,
+    *,
+    r: int,
+    alpha: int,
+    dropout: float,
+    freeze_mlp_projector: bool = False,
+    modules: tuple[str, ...] = LORA_MODULES,
+) -> None:
+    """LoRA on every linear layer of the language model; the trained projectors are saved with it.
+
+    With `freeze_mlp_projector` the adapter keeps the base's MLP projector (no copy in the adapter),
+    so an agent holding several adapters on one base stores it once.
+    """
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -426,8 +446,8 @@ def add_lora(swi: SwiLLaVA, *, r: int, alpha: int, dropout: float) -> None:
         lora_alpha=alpha,
         lora_dropout=dropout,
         bias="none",
-        target_modules=LORA_TARGETS,
-        modules_to_save=[MLP_PROJECTOR, OBJECT_PROJECTOR],
+        target_modules=lora_targets(modules),
+        modules_to_save=[OBJECT_PROJECTOR] if freeze_mlp_projector else [MLP_PROJECTOR, OBJECT_PROJECTOR],
         task_type="CAUSAL_LM",
     )
     swi.llava = get_peft_model(swi.llava, config)

@@ -22,6 +22,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .data import SealCollator, SealDataset
 from .model import (
+    LORA_MODULES,
     MLP_PROJECTOR,
     OBJECT_PROJECTOR,
     ObjectProjectorConfig,
@@ -102,6 +103,14 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_r: int = 128
     lora_alpha: int = 256
     lora_dropout: float = 0.05
+    lora_modules: str = field(
+        default=",".join(LORA_MODULES),
+        metadata={"help": "comma-separated language-model linear layers that get LoRA (default: all)"},
+    )
+    freeze_mm_mlp_adapter: bool = field(
+        default=False,
+        metadata={"help": "LoRA stage: keep the base's MLP projector frozen (and out of the adapter)"},
+    )
     remove_unused_columns: bool = False
 
 
@@ -252,7 +261,10 @@ def train(argv: list[str] | None = None) -> None:
         )
     else:
         set_trainable(
-            model, language_model=not training_args.lora_enable, mlp_projector=True, object_projector=True
+            model,
+            language_model=not training_args.lora_enable,
+            mlp_projector=not training_args.freeze_mm_mlp_adapter,
+            object_projector=True,
         )
         if training_args.lora_enable:
             add_lora(
@@ -260,6 +272,8 @@ def train(argv: list[str] | None = None) -> None:
                 r=training_args.lora_r,
                 alpha=training_args.lora_alpha,
                 dropout=training_args.lora_dropout,
+                freeze_mlp_projector=training_args.freeze_mm_mlp_adapter,
+                modules=tuple(m.strip() for m in training_args.lora_modules.split(",") if m.strip()),
             )
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     logger.info(
