@@ -224,6 +224,56 @@ def test_token_ids_each_adapter_was_trained_with(fast_model, ckpts, tmp_path):
         check_token_ids(tok, {ROI: AutoTokenizer.from_pretrained(renumbered)}, {}, **kw)
 
 
+def test_projector_free_adapters_share_the_base_projector(ckpts, image, tmp_path):
+    """Adapters trained with `--freeze_mm_mlp_adapter` bring no projector copy; the stages still equal
+    the standalone models, and the memory holds the base's projector once."""
+    base = ckpts["base"]
+    processor = AutoProcessor.from_pretrained(base)
+    torch.manual_seed(0)
+    swi = build_switch(
+        LlavaForConditionalGeneration.from_pretrained(base),
+        processor.tokenizer,
+        SwiConfig(base_model=str(base), object_projector=TINY_PERCEIVER),
+    )
+    switch_add_lora(swi, r=4, alpha=8, dropout=0.0, freeze_mlp_projector=True)
+    _perturb(swi, 4)
+    swi.eval().save_pretrained(tmp_path / "switch")
+    processor.save_pretrained(tmp_path / "switch")
+    roi = roi_add_lora(
+        LlavaForConditionalGeneration.from_pretrained(base), r=4, alpha=8, dropout=0.0, modules_to_save=[]
+    )
+    _perturb(roi, 5)
+    roi.eval().save_pretrained(tmp_path / "roi")
+    processor.save_pretrained(tmp_path / "roi")
+
+    m = FastModel(agent_config(ckpts, switch=str(tmp_path / "switch"), roi=str(tmp_path / "roi")))
+    assert not hasattr(m.core.model.multi_modal_projector, "modules_to_save")
+    parts = m.memory.breakdown
+    assert parts["switch_module_copies"] == parts["roi_module_copies"] == 0
+    assert m.memory.agent_params == sum(parts.values())
+
+    standalone = SwitchAdapter(*load_switch(tmp_path / "switch", str(base)), max_new_tokens=6)
+    m.use(SWITCH)
+    evidence = [("blue object", (100, 40, 30, 30))]
+    assert m.switch.option_losses(image, QUESTION, ["plain", "checkered"], evidence) == pytest.approx(
+        standalone.option_losses(image, QUESTION, ["plain", "checkered"], evidence), abs=1e-4
+    )
+    merged, roi_processor = load_for_inference(str(tmp_path / "roi"), str(base))
+    prompt = stage1_prompt(
+        QUESTION, image, processor=roi_processor, model_config=merged.config, config=m.roi_config
+    )
+    ids = torch.tensor([prompt.input_ids])
+    pixels = roi_processor.image_processor([image], return_tensors="pt")["pixel_values"]
+    m.use(ROI)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            m.peft(input_ids=ids, pixel_values=pixels).logits,
+            merged(input_ids=ids, pixel_values=pixels).logits,
+            atol=1e-4,
+            rtol=1e-4,
+        )
+
+
 # --- each stage equals the sibling's standalone model ---------------------------------------------------
 def test_switch_stage_equals_standalone_switch(fast_model, ckpts, image):
     standalone = SwitchAdapter(*load_switch(ckpts["switch"], str(ckpts["base"])), max_new_tokens=6)
