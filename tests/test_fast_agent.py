@@ -258,12 +258,18 @@ def test_projector_free_adapters_share_the_base_projector(ckpts, image, tmp_path
     assert m.switch.option_losses(image, QUESTION, ["plain", "checkered"], evidence) == pytest.approx(
         standalone.option_losses(image, QUESTION, ["plain", "checkered"], evidence), abs=1e-4
     )
-    merged, roi_processor = load_for_inference(str(tmp_path / "roi"), str(base))
+    assert_roi_stage_equals_merged(m, tmp_path / "roi", image)
+
+
+def assert_roi_stage_equals_merged(m: FastModel, roi_dir: Path, image: Image.Image):
+    """The agent's ROI stage against the adapter merged onto its base; returns what the check used."""
+    merged, processor = load_for_inference(str(roi_dir), m.config.base)
     prompt = stage1_prompt(
-        QUESTION, image, processor=roi_processor, model_config=merged.config, config=m.roi_config
+        QUESTION, image, processor=processor, model_config=merged.config, config=m.roi_config
     )
     ids = torch.tensor([prompt.input_ids])
-    pixels = roi_processor.image_processor([image], return_tensors="pt")["pixel_values"]
+    pixels = processor.image_processor([image], return_tensors="pt")["pixel_values"]
+    m.use(SWITCH)  # switching away and back must leave nothing behind
     m.use(ROI)
     with torch.no_grad():
         torch.testing.assert_close(
@@ -272,6 +278,7 @@ def test_projector_free_adapters_share_the_base_projector(ckpts, image, tmp_path
             atol=1e-4,
             rtol=1e-4,
         )
+    return merged, processor, prompt, ids, pixels
 
 
 # --- each stage equals the sibling's standalone model ---------------------------------------------------
@@ -303,21 +310,8 @@ def test_switch_stage_equals_standalone_switch(fast_model, ckpts, image):
 
 
 def test_roi_stage_and_base_equal_standalone_models(fast_model, ckpts, image):
-    merged, processor = load_for_inference(str(ckpts["roi"]), str(ckpts["base"]))
     m = fast_model
-    kw = {"processor": processor, "model_config": merged.config, "config": m.roi_config}
-    prompt = stage1_prompt(QUESTION, image, **kw)
-    pixels = processor.image_processor([image], return_tensors="pt")["pixel_values"]
-    ids = torch.tensor([prompt.input_ids])
-    m.use(SWITCH)
-    m.use(ROI)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            m.peft(input_ids=ids, pixel_values=pixels).logits,
-            merged(input_ids=ids, pixel_values=pixels).logits,
-            atol=1e-4,
-            rtol=1e-4,
-        )
+    merged, processor, prompt, ids, pixels = assert_roi_stage_equals_merged(m, ckpts["roi"], image)
     assert llava_generate(m.peft, m.roi_processor, [prompt], max_new_tokens=8) == llava_generate(
         merged, processor, [prompt], max_new_tokens=8
     )
