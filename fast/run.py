@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval.benchmarks import load_question_rows
 from roillava.answer import append_lines, batched, chunk, read_done
 from roillava.data import open_image
 
@@ -36,26 +37,15 @@ def config_path_for(answers_file: str | Path) -> Path:
 
 def read_questions(question_file: str | Path) -> list[dict]:
     """LLaVA question JSONL; a bad line (invalid JSON, no `question_id` or `text`) is an error naming file and line."""
-    path = Path(question_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"question file not found: {path}")
     rows, seen = [], set()
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: invalid JSON line: {e}") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+    for where, row in load_question_rows(Path(question_file)):
         for key in ("question_id", "text"):
             if key not in row:
-                raise ValueError(f"{path}:{n}: question has no {key!r}")
+                raise ValueError(f"{where}: question has no {key!r}")
         if not isinstance(row["text"], str):
-            raise ValueError(f"{path}:{n}: 'text' must be a string")
+            raise ValueError(f"{where}: 'text' must be a string")
         if row["question_id"] in seen:
-            raise ValueError(f"{path}:{n}: duplicate question_id {row['question_id']!r}")
+            raise ValueError(f"{where}: duplicate question_id {row['question_id']!r}")
         seen.add(row["question_id"])
         rows.append(row)
     return rows

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from segllava.conversation import SEG_TOKEN, VAL_ANSWER
-from segllava.inference import left_pad, prompt_ids
+from segllava.inference import clean_answer, clip_pixels, generated_seg_states, left_pad, prompt_ids
 from segllava.model import SegLLaVA
 from segllava.sam_checkpoint import load_sam
 
@@ -79,16 +79,16 @@ class SegStage:
         ids, mask = left_pad([prompt_ids(seg, tok, q, answer) for q in questions], tok.pad_token_id)
         device = seg.core.device
         ids, mask = ids.to(device), mask.to(device)
-        images = [region_images[k].convert("RGB") for k, _ in jobs]
-        pixels = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        pixels = pixels.to(device=device, dtype=seg.core.dtype)
+        pixels = clip_pixels(seg, self.processor, [region_images[k] for k, _ in jobs])
         if cfg.seg_decoding == "teacher":
             embeds = seg.embed(ids, pixels, torch.arange(len(jobs), device=device))
             hidden = seg.language_forward(embeds, mask).hidden_states[-1]
             states, rows = seg.seg_hidden_states(hidden, ids)
             texts = [VAL_ANSWER] * len(jobs)
         else:
-            states, rows, texts = self._generate(ids, mask, pixels, cfg.seg_max_new_tokens)
+            states, where, new = generated_seg_states(seg, tok, ids, mask, pixels, cfg.seg_max_new_tokens)
+            rows = where[:, 0]
+            texts = [clean_answer(t, tok) for t in tok.batch_decode(new)]
         # The first [SEG] of each job is its mask.
         first: dict[int, int] = {}
         for n, row in enumerate(rows.tolist()):
@@ -102,24 +102,3 @@ class SegStage:
         for r, m in zip(picked, logits):
             masks[r] = (m > cfg.mask_threshold).cpu().numpy()
         return list(zip(masks, texts))
-
-    def _generate(self, ids, mask, pixels, max_new_tokens: int):
-        seg, tok = self.seg, self.processor.tokenizer
-        out = seg.llava.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            pixel_values=pixels,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            output_hidden_states=True,
-            return_dict_in_generate=True,
-        )
-        new = out.sequences[:, ids.shape[1] :]
-        # Step k's last position produced new token k: its last-layer state is LISA's [SEG] embedding.
-        steps = torch.stack([step[-1][:, -1] for step in out.hidden_states], dim=1)
-        where = (new[:, : steps.shape[1]] == seg.seg_token_id).nonzero()
-        texts = [t.split(tok.eos_token)[0].replace(tok.pad_token, "").strip() for t in tok.batch_decode(new)]
-        return steps[where[:, 0], where[:, 1]], where[:, 0], texts

@@ -87,15 +87,7 @@ def switch_pass(
     options = options or {}
     llava, tok = switch.model.llava, switch.tokenizer
     k = len(sentence_ids)
-    batch = switch._batch([replace(p, input_ids=p.input_ids + sentence_ids) for p in prompts])
-    mask = batch["attention_mask"]
-    out = llava(
-        inputs_embeds=switch._embed(batch),
-        attention_mask=mask,
-        position_ids=positions_from_mask(mask),
-        use_cache=True,
-        logits_to_keep=k + 1,
-    )
+    out, mask = prefill(switch, [replace(p, input_ids=p.input_ids + sentence_ids) for p in prompts], k + 1)
     logits, cache = out.logits, out.cache
     # Kept logits: the prompt's last position predicts the sentence's first token, and so on.
     predicted = logits[:, :k].argmax(-1)
@@ -140,14 +132,21 @@ def switch_pass(
 @torch.inference_mode()
 def option_losses_batch(switch, prompts: Sequence, options: Sequence[Sequence[str]]) -> list[list[float]]:
     """`SwitchAdapter.option_losses` for a batch of prompts (e.g. with evidence), one prefill for all."""
-    llava = switch.model.llava
-    batch = switch._batch(list(prompts))
+    out, mask = prefill(switch, list(prompts), 1)
+    return option_losses_on_cache(
+        switch.model.llava, switch.tokenizer, out.cache, out.logits[:, -1], mask, options
+    )
+
+
+def prefill(switch, prompts: list, logits_to_keep: int):
+    """One left-padded forward over `prompts` with the KV cache kept; returns the output and the mask."""
+    batch = switch._batch(prompts)
     mask = batch["attention_mask"]
-    out = llava(
+    out = switch.model.llava(
         inputs_embeds=switch._embed(batch),
         attention_mask=mask,
         position_ids=positions_from_mask(mask),
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=logits_to_keep,
     )
-    return option_losses_on_cache(llava, switch.tokenizer, out.cache, out.logits[:, -1], mask, options)
+    return out, mask

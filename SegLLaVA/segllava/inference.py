@@ -36,7 +36,7 @@ def left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
-def _clip_pixels(seg: SegLLaVA, processor, images: Sequence[Image.Image]) -> torch.Tensor:
+def clip_pixels(seg: SegLLaVA, processor, images: Sequence[Image.Image]) -> torch.Tensor:
     pixels = processor.image_processor([im.convert("RGB") for im in images], return_tensors="pt")[
         "pixel_values"
     ]
@@ -54,7 +54,7 @@ def teacher_forced_masks(
     device = seg.core.device
     ids, mask = ids.to(device), mask.to(device)
     index = torch.arange(len(images), device=device)
-    embeds = seg.embed(ids, _clip_pixels(seg, processor, images), index)
+    embeds = seg.embed(ids, clip_pixels(seg, processor, images), index)
     out = seg.language_forward(embeds, mask)
     hidden, which = seg.seg_hidden_states(out.hidden_states[-1], ids)
     logits = seg.masks_from_seg_hidden(hidden, seg.sam_image_embeddings(images), which)
@@ -77,11 +77,30 @@ def generate_masks(
     tok = processor.tokenizer
     ids, mask = left_pad([prompt_ids(seg, tok, q) for q in questions], tok.pad_token_id)
     device = seg.core.device
-    ids, mask = ids.to(device), mask.to(device)
+    states, where, new = generated_seg_states(
+        seg, tok, ids.to(device), mask.to(device), clip_pixels(seg, processor, images), max_new_tokens
+    )
+    logits = seg.masks_from_seg_hidden(states, seg.sam_image_embeddings(images), where[:, 0])
+    masks: list[list[np.ndarray]] = [[] for _ in images]
+    for m, r in zip(logits, where[:, 0].tolist()):
+        masks[r].append((m > 0).cpu().numpy())
+    texts = tok.batch_decode(new, skip_special_tokens=False)
+    cleaned = [clean_answer(t, tok) for t in texts]
+    return [SegResult(text, m) for text, m in zip(cleaned, masks)]
+
+
+def generated_seg_states(
+    seg: SegLLaVA, tok, ids: torch.Tensor, mask: torch.Tensor, pixels: torch.Tensor, max_new_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Greedy decoding; the hidden state of every generated `[SEG]`, its (row, step), and the new tokens.
+
+    Step k's last position produced new token k, so its last-layer state is what LISA feeds to SAM:
+    no second pass is needed.
+    """
     out = seg.llava.generate(
         input_ids=ids,
         attention_mask=mask,
-        pixel_values=_clip_pixels(seg, processor, images),
+        pixel_values=pixels,
         max_new_tokens=max_new_tokens,
         do_sample=False,
         num_beams=1,
@@ -91,21 +110,12 @@ def generate_masks(
         return_dict_in_generate=True,
     )
     new = out.sequences[:, ids.shape[1] :]
-    # Step k's last position produced new token k; its last-layer state is what LISA feeds to SAM.
     step_states = torch.stack([step[-1][:, -1] for step in out.hidden_states], dim=1)  # [B, steps, H]
     where = (new[:, : step_states.shape[1]] == seg.seg_token_id).nonzero()
-    logits = seg.masks_from_seg_hidden(
-        step_states[where[:, 0], where[:, 1]], seg.sam_image_embeddings(images), where[:, 0]
-    )
-    masks: list[list[np.ndarray]] = [[] for _ in images]
-    for m, r in zip(logits, where[:, 0].tolist()):
-        masks[r].append((m > 0).cpu().numpy())
-    texts = tok.batch_decode(new, skip_special_tokens=False)
-    cleaned = [_clean(t, tok) for t in texts]
-    return [SegResult(text, m) for text, m in zip(cleaned, masks)]
+    return step_states[where[:, 0], where[:, 1]], where, new
 
 
-def _clean(text: str, tok) -> str:
+def clean_answer(text: str, tok) -> str:
     """Decoded answer up to EOS, without padding (keeps `[SEG]`, which is the point of the answer)."""
     text = text.split(tok.eos_token)[0]
     return (text.replace(tok.pad_token, "") if tok.pad_token else text).strip()
