@@ -60,7 +60,7 @@ def test_frozen_projector_is_neither_trained_nor_saved(tiny_base, tmp_path):
     model = LlavaForConditionalGeneration.from_pretrained(tiny_base)
     freeze_for_stage(model, projector_only=False, freeze_projector=True)
     assert not any(p.requires_grad for p in find_projector(model).parameters())
-    peft_model = add_lora(model, r=4, alpha=8, dropout=0.0, modules_to_save=[])
+    peft_model = add_lora(model, r=4, alpha=8, dropout=0.0, freeze_projector=True)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     peft_model.save_pretrained(tmp_path)

@@ -240,7 +240,7 @@ def test_projector_free_adapters_share_the_base_projector(ckpts, image, tmp_path
     swi.eval().save_pretrained(tmp_path / "switch")
     processor.save_pretrained(tmp_path / "switch")
     roi = roi_add_lora(
-        LlavaForConditionalGeneration.from_pretrained(base), r=4, alpha=8, dropout=0.0, modules_to_save=[]
+        LlavaForConditionalGeneration.from_pretrained(base), r=4, alpha=8, dropout=0.0, freeze_projector=True
     )
     _perturb(roi, 5)
     roi.eval().save_pretrained(tmp_path / "roi")

@@ -109,8 +109,9 @@ def freeze_for_stage(
         p.requires_grad_(trains)
 
 
-def add_lora(model, *, r: int, alpha: int, dropout: float, modules_to_save: list[str] | None = None):
-    """LoRA on every linear layer of the language model; the projector trains fully and is saved."""
+def add_lora(model, *, r: int, alpha: int, dropout: float, freeze_projector: bool = False):
+    """LoRA on every linear layer of the language model; the projector trains fully and is saved with it,
+    unless `freeze_projector` (then the adapter is LoRA only and uses the base's projector)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -119,7 +120,7 @@ def add_lora(model, *, r: int, alpha: int, dropout: float, modules_to_save: list
         lora_dropout=dropout,
         bias="none",
         target_modules=LORA_TARGETS,
-        modules_to_save=[PROJECTOR] if modules_to_save is None else (modules_to_save or None),
+        modules_to_save=None if freeze_projector else [PROJECTOR],
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)

@@ -206,7 +206,7 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
             r=training_args.lora_r,
             alpha=training_args.lora_alpha,
             dropout=training_args.lora_dropout,
-            modules_to_save=[] if training_args.freeze_mm_mlp_adapter else None,
+            freeze_projector=training_args.freeze_mm_mlp_adapter,
         )
 
     config = run_config(model_args, data_args, training_args)
