@@ -49,9 +49,11 @@ SWITCH_PRETRAIN = {
     "LR": "2e-3",
     "EXTRA_ARGS": f"{SWITCH_ARCH} --warmup_steps 0",
 }
+# Naming the missing object (copying it from the question) comes with the number of updates, not of
+# samples: 180 steps of 16 named it in 78% of System-2 decisions, 400 steps of 6 (the same time) in 99.5%.
 SWITCH_TRAIN = {
-    "MAX_STEPS": "180",
-    "BATCH": "16",
+    "MAX_STEPS": "400",
+    "BATCH": "6",
     "LR": "2e-3",
     "MM_PROJECTOR_LR": "2e-3",  # the object projector's
     "LORA_R": "8",

@@ -105,6 +105,26 @@ def test_finetune_one_deepspeed_step(zero, tiny_base, toy_data, tmp_path):
     assert torch.equal(trained[tower_key], base[tower_key])  # the vision tower stays frozen
 
 
+def test_finetune_without_deepspeed(tiny_base, toy_data, tmp_path):
+    """`LAUNCHER=python DS_CONFIG=` (set but empty) trains with the plain Trainer: no DeepSpeed needed."""
+    out = tmp_path / "plain"
+    env = {
+        "MODEL": str(tiny_base),
+        "DATA_PATH": toy_data["instruct"],
+        "IMAGE_FOLDER": toy_data["IMAGE_FOLDER"],
+        "OUTPUT_DIR": str(out),
+        "MAX_STEPS": "1",
+        "LAUNCHER": "python",
+        "DS_CONFIG": "",
+    }
+    log = run_script("scripts/v1_5/finetune.sh", env, tmp_path)
+    assert "'loss'" in log
+    config = json.loads((out / "roillava_train_config.json").read_text())
+    assert config["training"]["deepspeed"] is None
+    model, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()), info
+
+
 def test_resume_continues_from_last_checkpoint(tiny_base, toy_data, tmp_path):
     out = tmp_path / "resume"
     env = {

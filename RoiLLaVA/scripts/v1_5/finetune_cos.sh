@@ -8,9 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/launch.sh
+DS_CONFIG=${DS_CONFIG-./scripts/zero3.json}  # set but empty: no DeepSpeed (with LAUNCHER=python)
 
 launch train.py \
-    --deepspeed "${DS_CONFIG:-./scripts/zero3.json}" \
+    ${DS_CONFIG:+--deepspeed "$DS_CONFIG"} \
     --model_name_or_path "${MODEL:-llava-hf/llava-1.5-7b-hf}" \
     ${PROJECTOR:+--pretrain_mm_mlp_adapter "$PROJECTOR"} \
     --version "${VERSION:-v1}" \

@@ -5,9 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/launch.sh
+DS_CONFIG=${DS_CONFIG-./scripts/zero2.json}  # set but empty: no DeepSpeed (with LAUNCHER=python)
 
 launch train.py \
-    --deepspeed "${DS_CONFIG:-./scripts/zero2.json}" \
+    ${DS_CONFIG:+--deepspeed "$DS_CONFIG"} \
     --model_name_or_path "${MODEL:-llava-hf/llava-1.5-7b-hf}" \
     --version plain \
     --data_path "${DATA_PATH:-../playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json}" \
