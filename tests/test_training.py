@@ -50,6 +50,17 @@ def toy_data(toy_world):
     }
 
 
+def instruct_env(tiny_base, toy_data, out: Path, **overrides: str) -> dict:
+    """The environment of a System-1 finetune on the toy instruction data."""
+    return {
+        "MODEL": str(tiny_base),
+        "DATA_PATH": toy_data["instruct"],
+        "IMAGE_FOLDER": toy_data["IMAGE_FOLDER"],
+        "OUTPUT_DIR": str(out),
+        **overrides,
+    }
+
+
 def test_pretrain_script_three_steps_trains_projector_only(tiny_base, toy_data, tmp_path):
     out = tmp_path / "pretrain"
     env = {
@@ -83,16 +94,15 @@ def test_pretrain_script_three_steps_trains_projector_only(tiny_base, toy_data, 
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_finetune_one_deepspeed_step(zero, tiny_base, toy_data, tmp_path):
     out = tmp_path / zero
-    env = {
-        "MODEL": str(tiny_base),
-        "DATA_PATH": toy_data["instruct"],
-        "IMAGE_FOLDER": toy_data["IMAGE_FOLDER"],
-        "OUTPUT_DIR": str(out),
-        "MAX_STEPS": "1",
-        "LR": "1e-2",
-        "DS_CONFIG": f"./scripts/{zero}.json",
-        "EXTRA_ARGS": "--warmup_steps 0",  # the recipe's warmup would make a single step a no-op
-    }
+    env = instruct_env(
+        tiny_base,
+        toy_data,
+        out,
+        MAX_STEPS="1",
+        LR="1e-2",
+        DS_CONFIG=f"./scripts/{zero}.json",
+        EXTRA_ARGS="--warmup_steps 0",  # the recipe's warmup would make a single step a no-op
+    )
     run_script("scripts/v1_5/finetune.sh", env, tmp_path)
     # Compare loaded models, not raw files: ZeRO-3's consolidated save names keys differently.
     model, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
@@ -108,15 +118,7 @@ def test_finetune_one_deepspeed_step(zero, tiny_base, toy_data, tmp_path):
 def test_finetune_without_deepspeed(tiny_base, toy_data, tmp_path):
     """`LAUNCHER=python DS_CONFIG=` (set but empty) trains with the plain Trainer: no DeepSpeed needed."""
     out = tmp_path / "plain"
-    env = {
-        "MODEL": str(tiny_base),
-        "DATA_PATH": toy_data["instruct"],
-        "IMAGE_FOLDER": toy_data["IMAGE_FOLDER"],
-        "OUTPUT_DIR": str(out),
-        "MAX_STEPS": "1",
-        "LAUNCHER": "python",
-        "DS_CONFIG": "",
-    }
+    env = instruct_env(tiny_base, toy_data, out, MAX_STEPS="1", LAUNCHER="python", DS_CONFIG="")
     log = run_script("scripts/v1_5/finetune.sh", env, tmp_path)
     assert "'loss'" in log
     config = json.loads((out / "roillava_train_config.json").read_text())
@@ -127,15 +129,9 @@ def test_finetune_without_deepspeed(tiny_base, toy_data, tmp_path):
 
 def test_resume_continues_from_last_checkpoint(tiny_base, toy_data, tmp_path):
     out = tmp_path / "resume"
-    env = {
-        "MODEL": str(tiny_base),
-        "DATA_PATH": toy_data["instruct"],
-        "IMAGE_FOLDER": toy_data["IMAGE_FOLDER"],
-        "OUTPUT_DIR": str(out),
-        "SAVE_STEPS": "1",
-        "DS_CONFIG": "./scripts/zero2.json",
-        "MAX_STEPS": "2",
-    }
+    env = instruct_env(
+        tiny_base, toy_data, out, SAVE_STEPS="1", DS_CONFIG="./scripts/zero2.json", MAX_STEPS="2"
+    )
     run_script("scripts/v1_5/finetune.sh", env, tmp_path)
     log = run_script("scripts/v1_5/finetune.sh", {**env, "MAX_STEPS": "3"}, tmp_path)
     assert "resuming from" in log and "checkpoint-2" in log
