@@ -65,8 +65,9 @@ def _area(a) -> float:
 def toy_roi_metrics(answers_file: str | Path, annotations_file: str | Path, *, cover: float = 0.9) -> dict:
     """The ROI adapter's acceptance numbers from two-stage answers (`metadata.roi_box`, `fallback`).
 
-    A ROI covers the target when at least `cover` of the target box lies inside it; IoU is taken
-    against the labelled ROI; sides are fractions of the padded square's side.
+    A ROI covers the target when at least `cover` of the target box lies inside it; a fallback to
+    the full image proposes no region and never counts as covering. IoU is taken against the
+    labelled ROI; sides are fractions of the padded square's side (a fallback's is 1).
     """
     annotations = json.loads(Path(annotations_file).read_text())
     answers = read_answers(answers_file)
@@ -75,13 +76,14 @@ def toy_roi_metrics(answers_file: str | Path, annotations_file: str | Path, *, c
     for qid, ann in annotations.items():
         meta = answers[qid]["metadata"] if qid in answers else {}
         roi = meta.get("roi_box") or [0.0, 0.0, 1.0, 1.0]
-        fallbacks += bool(meta.get("fallback")) or qid not in answers
+        fell_back = bool(meta.get("fallback")) or qid not in answers
+        fallbacks += fell_back
         sides.append(max(roi[2] - roi[0], roi[3] - roi[1]))
         if ann["difficulty"] != "hard":
             continue
         n_hard += 1
         target = _normalised_xyxy(ann["target"]["bbox"], ann["image_size"])
-        covered += _intersection(roi, target) >= cover * _area(target)
+        covered += not fell_back and _intersection(roi, target) >= cover * _area(target)
         label = ann["roi_box"]
         inter = _intersection(roi, label)
         iou50 += inter / max(1e-9, _area(roi) + _area(label) - inter) >= 0.5

@@ -51,6 +51,7 @@ def test_roi_metrics(tmp_path):
     annotations = {
         "h1": ann("hard", "plain", bbox=(10, 10, 10, 10), size=(100, 50), roi_box=(0.0, 0.25, 0.5, 0.75)),
         "h2": ann("hard", "plain", bbox=(10, 10, 10, 10), size=(100, 50), roi_box=(0.0, 0.25, 0.5, 0.75)),
+        "h3": ann("hard", "plain", bbox=(10, 10, 10, 10), size=(100, 50), roi_box=(0.0, 0.25, 0.5, 0.75)),
         "e1": ann("easy", "red"),
     }
     answers = [
@@ -61,6 +62,12 @@ def test_roi_metrics(tmp_path):
         },
         # covers x 0.1..0.15 of the target (half of it) and lies inside the label: IoU 0.03 / 0.25
         {"question_id": "h2", "text": "x", "metadata": {"roi_box": [0.0, 0.3, 0.15, 0.5], "fallback": None}},
+        # the full image after a fallback holds the target, but no region was proposed
+        {
+            "question_id": "h3",
+            "text": "x",
+            "metadata": {"roi_box": [0.0, 0.0, 1.0, 1.0], "fallback": "inverted box"},
+        },
         {
             "question_id": "e1",
             "text": "red",
@@ -68,11 +75,11 @@ def test_roi_metrics(tmp_path):
         },
     ]
     m = toy_roi_metrics(*write(tmp_path, annotations, answers))
-    assert m["target_covered_rate_hard"] == 0.5
-    assert m["iou50_rate_hard"] == 0.5
-    assert m["mean_roi_side_frac"] == pytest.approx((0.5 + 0.2 + 1.0) / 3)
-    assert m["fallback_rate"] == pytest.approx(1 / 3)
-    assert m["acc_hard_two_stage"] == 0.5 and m["acc_easy_two_stage"] == 1.0
+    assert m["target_covered_rate_hard"] == pytest.approx(1 / 3)
+    assert m["iou50_rate_hard"] == pytest.approx(1 / 3)
+    assert m["mean_roi_side_frac"] == pytest.approx((0.5 + 0.2 + 1.0 + 1.0) / 4)
+    assert m["fallback_rate"] == pytest.approx(2 / 4)
+    assert m["acc_hard_two_stage"] == pytest.approx(1 / 3) and m["acc_easy_two_stage"] == 1.0
 
 
 def test_duplicate_answers_are_an_error(tmp_path):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from playground.toyworld import SHAPES, WorldSize, generate, make_scene, roi_params
 from playground.toyworld.scene import LARGE_SIDE, SMALL_SIDE
-from playground.toyworld.world import MISSING_OBJECTS_PREFIX, roi_box
+from playground.toyworld.world import MISSING_OBJECTS_PREFIX, ROI_CELLS, roi_box
 from roillava.boxes import cos_box_from_params
 
 
@@ -50,17 +50,60 @@ def test_scene_sizes_and_masks():
     assert sizes == {(448, 336), (336, 448), (448, 448)}
 
 
-def test_roi_params_cover_the_target_on_the_grid():
-    for i in range(40):
-        scene = make_scene(random.Random(100 + i))
+def test_roi_params_centre_a_fixed_square_on_the_target_cell():
+    for i in range(60):
+        scene = make_scene(random.Random(100 + i), size="small" if i % 2 else "large")
         w, h = scene.image.size
         x, y, bw, bh = scene.target.bbox
         top, left, side = roi_params(scene.target.bbox, w, h)
-        assert left <= x and top <= y and left + side >= x + bw and top + side >= y + bh
+        assert side == max(w, h) * 5 // 16 and 0 <= left <= w - side and 0 <= top <= h - side
+        if scene.target.size == "small":  # a small target lies wholly inside its ROI
+            assert left <= x and top <= y and left + side >= x + bw and top + side >= y + bh
+        else:  # a large one at least has its centre well inside
+            assert left + side / 4 <= x + bw / 2 <= left + 3 * side / 4
         box = cos_box_from_params([top, left, side], w, h)
-        assert all(abs(v * 8 - round(v * 8)) < 1e-9 for v in box), box  # on the 1/8 grid
-        assert box[2] - box[0] <= 0.5 + 1e-9
+        assert all(abs(v - round(v * 16) / 16) < 1e-3 for v in box), box  # on the 1/16 grid, to 3 decimals
         assert roi_box(scene.target.bbox, w, h) == box  # the annotation's label = Chain-of-Spot's conversion
+
+
+def test_tower_scene_labels():
+    """Every patch of the tower learns the cell the ROI label is centred on, the target colour and its
+    pattern where it can be read."""
+    from playground.vision_pretrain import MIN_READABLE_SIDE, UNREADABLE, WHERE_BINS, _scene_arrays, make_view
+
+    assert WHERE_BINS == ROI_CELLS
+    centred = unreadable = 0
+    for index in range(20):
+        scene = _scene_arrays(index)
+        view = make_view(scene, random.Random(0), 112, 16, global_view=True)
+        # and, in every patch, the target's colour, and its pattern only where it can be read
+        assert view.scene_colour == scene[2] > 0
+        readable = scene[4] * 112 / max(scene[1].shape) >= MIN_READABLE_SIDE
+        assert view.scene_pattern == (scene[3] if readable else UNREADABLE)
+        unreadable += not readable
+        t = make_scene(random.Random(f"tower-{index}")).target
+        h, w = scene[1].shape
+        top, left, side = roi_params(t.bbox, w, h)
+        pad = max(w, h)
+        cell = pad / ROI_CELLS
+        centre = np.array([left + (pad - w) // 2 + side / 2, top + (pad - h) // 2 + side / 2])
+        shifted = np.abs(centre / cell - (view.where + 0.5)) > 1e-6
+        centred += not shifted.any()
+        # the label is centred on the target's cell unless it was shifted inside the image content
+        for axis in np.nonzero(shifted)[0]:
+            lo = ((pad - w) // 2, (pad - h) // 2)[axis]
+            extent = (w, h)[axis]
+            start = (left, top)[axis] + lo
+            assert start == lo or start + side == lo + extent
+    assert centred >= 10 and 0 < unreadable < 20
+
+
+def test_roi_params_by_hand():
+    # 448x336 pads to 448 (28 px cells, rows offset by 56); centre (100, 200) → padded (100, 256):
+    # cell (3, 9), square of 140 px centred at (98, 266) → left 28, top 196 - 56 = 140
+    assert roi_params((90, 190, 20, 20), 448, 336) == (140, 28, 140)
+    # at the bottom-right corner the square is shifted inside the content
+    assert roi_params((420, 310, 20, 20), 448, 336) == (196, 308, 140)
 
 
 def test_formats(toy_world):
@@ -102,7 +145,9 @@ def test_formats(toy_world):
     ]
     ann = json.loads((pg / "data/eval/toy/toy_val_annotations.json").read_text())
     assert [q["question_id"] for q in questions] == list(ann)
-    assert {a["difficulty"] for a in ann.values()} <= {"easy", "hard"}
+    for a in ann.values():  # hard exactly when a small target's pattern is asked: colour is always readable
+        small_pattern = a["kind"] == "pattern" and a["target"]["size"] == "small"
+        assert a["difficulty"] == ("hard" if small_pattern else "easy")
 
     vstar = sorted((pg / "data/eval/vstar_toy").rglob("*.json"))
     assert len(vstar) == size.vstar
@@ -122,7 +167,7 @@ def test_formats(toy_world):
         assert label.min() >= 1 and label.max() <= len(classes)
 
 
-@pytest.mark.parametrize("bad", [(0, 0, 500, 10)])
-def test_roi_params_rejects_boxes_that_do_not_fit(bad):
-    with pytest.raises(ValueError, match="no ROI square"):
+@pytest.mark.parametrize("bad", [(0, 0, 500, 10), (-1, 0, 10, 10)])
+def test_roi_params_rejects_boxes_outside_the_image(bad):
+    with pytest.raises(ValueError, match="outside the 448x336 image"):
         roi_params(bad, 448, 336)

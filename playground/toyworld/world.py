@@ -25,7 +25,10 @@ from .scene import COLORS, PATTERNS, Scene, Target, make_scene
 
 SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
 MISSING_OBJECTS_PREFIX = "Sorry, I can not answer the question. Some visual information about the following objects is missing or unclear:"
-ROI_GRID = 8  # ROI squares snap to 1/8 of the padded side: small, exact label vocabulary
+# ROI squares: 5/16 of the padded side (a 20-30 px target is seen at 16-24 px in the crop), centred
+# on the 1/16 cell that holds the target's centre
+ROI_CELLS = 16
+ROI_SIDE_CELLS = 5
 SEG_CLASSES = ("background", "clutter", *(f"{c} object" for c in COLORS))
 
 
@@ -38,18 +41,21 @@ class Question:
     target_name: str  # how the question refers to the target, and so how the switch names it
 
 
-def difficulty(t: Target) -> str:
-    """Any question about a small target is hard: at 112 px its pattern is gone, and System 1 read
-    even its colour only 44% of the time (5-7 px of blurred two-tone paint among grey clutter)."""
+def pattern_difficulty(t: Target) -> str:
+    """A pattern question about a small target is hard: at 112 px its stripes blur into the plain
+    mean colour. A colour question is always easy: every pattern has the same mean colour, and the
+    vision tower reports the target's colour in every patch."""
     return "hard" if t.size == "small" else "easy"
 
 
 def pattern_question(t: Target) -> Question:
-    return Question(f"What pattern is on the {t.color} object?", t.pattern, "pattern", difficulty(t), t.name)
+    return Question(
+        f"What pattern is on the {t.color} object?", t.pattern, "pattern", pattern_difficulty(t), t.name
+    )
 
 
 def color_question(t: Target) -> Question:
-    return Question(f"What color is the {t.shape}?", t.color, "color", difficulty(t), t.shape)
+    return Question(f"What color is the {t.shape}?", t.color, "color", "easy", t.shape)
 
 
 def position_answer(t: Target, width: int) -> str:
@@ -93,34 +99,27 @@ def missing_objects_answer(names: list[str]) -> str:
 
 
 def roi_params(bbox: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int]:
-    """Chain-of-Spot `[top, left, side]` (original pixels) of a square ROI around `bbox`.
+    """Chain-of-Spot `[top, left, side]` (original pixels) of the square ROI for a target at `bbox`.
 
-    The square is the smallest grid-aligned one (grid = padded side / ROI_GRID) that holds the
-    box and stays inside the image content, so its normalised corners are short decimals.
+    The square is ROI_SIDE_CELLS / ROI_CELLS of the padded side, centred on the cell of a
+    ROI_CELLS x ROI_CELLS grid that holds the target's centre, and shifted inside the image content.
+    The label thus depends only on which cell the target is in, which the vision tower reports in
+    every patch (`vision_pretrain.py`), and its corners are multiples of 1/16: short decimals.
     """
+    x, y, w, h = bbox
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        raise ValueError(f"bbox {bbox} lies outside the {width}x{height} image")
     side_pad = max(width, height)
     ox, oy = (side_pad - width) // 2, (side_pad - height) // 2
-    x0, y0 = bbox[0] + ox, bbox[1] + oy
-    x1, y1 = x0 + bbox[2], y0 + bbox[3]
-    grid = side_pad / ROI_GRID
+    cell = side_pad / ROI_CELLS
+    side = ROI_SIDE_CELLS * cell
 
-    def aligned_start(lo: float, hi: float, side: float, c_lo: float, c_hi: float) -> float | None:
-        best = None
-        for k in range(ROI_GRID + 1):
-            start = k * grid
-            if start <= lo and start + side >= hi and start >= c_lo - 1e-6 and start + side <= c_hi + 1e-6:
-                centre_err = abs(start + side / 2 - (lo + hi) / 2)
-                if best is None or centre_err < best[0]:
-                    best = (centre_err, start)
-        return None if best is None else best[1]
+    def start(centre: float, offset: int, extent: int) -> float:
+        k = min(ROI_CELLS - 1, int(centre // cell))
+        return min(max((k + 0.5) * cell - side / 2, offset), offset + extent - side)
 
-    for cells in range(2, ROI_GRID + 1):
-        side = cells * grid
-        left = aligned_start(x0, x1, side, ox, ox + width)
-        top = aligned_start(y0, y1, side, oy, oy + height)
-        if left is not None and top is not None:
-            return round(top) - oy, round(left) - ox, round(side)
-    raise ValueError(f"no ROI square fits bbox {bbox} in a {width}x{height} image")
+    left, top = start(x + w / 2 + ox, ox, width), start(y + h / 2 + oy, oy, height)
+    return round(top) - oy, round(left) - ox, round(side)
 
 
 def roi_box(bbox: tuple[int, int, int, int], width: int, height: int) -> list[float]:
