@@ -40,9 +40,10 @@ from torch import nn
 
 from .tiny_base import CLIP_MEAN, CLIP_STD, TinyBaseConfig, vision_config
 from .toyworld import COLORS, PATTERNS, make_scene
+from .toyworld.world import ROI_CELLS, centre_cell
 
 MIN_READABLE_SIDE = 12  # px at model resolution: below this the pattern (period side/3) is not labelled
-WHERE_BINS = 16  # every patch learns where the target's centre is, on a 16 x 16 grid of the view
+WHERE_BINS = ROI_CELLS  # every patch learns the cell of the view that holds the target's centre
 UNREADABLE = len(PATTERNS) + 1  # the scene pattern of a target too small to read in the view
 
 
@@ -88,7 +89,9 @@ def make_view(
     mean_rgb = tuple(int(255 * m) for m in CLIP_MEAN)
     rgb, mask = _pad_square(rgb, mean_rgb), _pad_square(mask, 0)
     side = rgb.shape[0]
-    if global_view if global_view is not None else rng.random() < 0.5:
+    if global_view is None:
+        global_view = rng.random() < 0.5
+    if global_view:
         x0 = y0 = 0
         crop = side
     else:
@@ -119,8 +122,8 @@ def make_view(
     where = np.full(2, WHERE_BINS, dtype=np.int64)
     ys, xs = np.nonzero(mask[y0 : y0 + crop, x0 : x0 + crop])
     if len(xs):
-        centre = np.array([(xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2]) / crop
-        where = np.minimum((centre * WHERE_BINS).astype(np.int64), WHERE_BINS - 1)
+        centres = ((xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2)
+        where = np.array([centre_cell(c, crop) for c in centres], dtype=np.int64)
     return View(
         pixels.transpose(2, 0, 1).astype(np.float32),
         colour_lbl,

@@ -69,9 +69,8 @@ def test_roi_params_centre_a_fixed_square_on_the_target_cell():
 def test_tower_scene_labels():
     """Every patch of the tower learns the cell the ROI label is centred on, the target colour and its
     pattern where it can be read."""
-    from playground.vision_pretrain import MIN_READABLE_SIDE, UNREADABLE, WHERE_BINS, _scene_arrays, make_view
+    from playground.vision_pretrain import MIN_READABLE_SIDE, UNREADABLE, _scene_arrays, make_view
 
-    assert WHERE_BINS == ROI_CELLS
     centred = unreadable = 0
     for index in range(20):
         scene = _scene_arrays(index)
@@ -81,9 +80,10 @@ def test_tower_scene_labels():
         readable = scene[4] * 112 / max(scene[1].shape) >= MIN_READABLE_SIDE
         assert view.scene_pattern == (scene[3] if readable else UNREADABLE)
         unreadable += not readable
-        t = make_scene(random.Random(f"tower-{index}")).target
         h, w = scene[1].shape
-        top, left, side = roi_params(t.bbox, w, h)
+        ys, xs = np.nonzero(scene[1])
+        bbox = (xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min())
+        top, left, side = roi_params(bbox, w, h)
         pad = max(w, h)
         cell = pad / ROI_CELLS
         centre = np.array([left + (pad - w) // 2 + side / 2, top + (pad - h) // 2 + side / 2])

@@ -98,6 +98,14 @@ def missing_objects_answer(names: list[str]) -> str:
     return f"{MISSING_OBJECTS_PREFIX} {', '.join(names)}."
 
 
+def centre_cell(centre: float, side: float) -> int:
+    """The cell, on a ROI_CELLS grid across a square of `side`, that holds coordinate `centre`.
+
+    The ROI label is centred on the target's cell, and the vision tower reports that same cell.
+    """
+    return min(ROI_CELLS - 1, int(centre * ROI_CELLS // side))
+
+
 def roi_params(bbox: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int]:
     """Chain-of-Spot `[top, left, side]` (original pixels) of the square ROI for a target at `bbox`.
 
@@ -115,7 +123,7 @@ def roi_params(bbox: tuple[int, int, int, int], width: int, height: int) -> tupl
     side = ROI_SIDE_CELLS * cell
 
     def start(centre: float, offset: int, extent: int) -> float:
-        k = min(ROI_CELLS - 1, int(centre // cell))
+        k = centre_cell(centre, side_pad)
         return min(max((k + 0.5) * cell - side / 2, offset), offset + extent - side)
 
     left, top = start(x + w / 2 + ox, ox, width), start(y + h / 2 + oy, oy, height)
