@@ -67,3 +67,27 @@ def test_frozen_projector_is_neither_trained_nor_saved(tiny_base, tmp_path):
     assert not [k for k in load_file(tmp_path / "adapter_model.safetensors") if "multi_modal_projector" in k]
     with pytest.raises(ValueError, match="contradict"):
         freeze_for_stage(model, projector_only=True, freeze_projector=True)
+
+
+def test_learning_rate_groups_projector_and_lora_plus(tiny_base, tmp_path):
+    """`--mm_projector_lr` for the projector, `--lora_plus_ratio` × the rate for the LoRA B matrices."""
+    from roillava.model import add_lora, freeze_for_stage
+    from roillava.train import LLaVATrainer, TrainingArguments
+
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_base)
+    freeze_for_stage(model, projector_only=False, freeze_projector=False)
+    peft_model = add_lora(model, r=4, alpha=8, dropout=0.0, freeze_projector=False)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), learning_rate=0.1, mm_projector_lr=0.5, lora_plus_ratio=4, report_to=[]
+    )
+    optimizer = LLaVATrainer(model=peft_model, args=args).create_optimizer()
+    names = {id(p): n for n, p in peft_model.named_parameters()}
+    by_lr: dict[float, list[str]] = {}
+    for group in optimizer.param_groups:
+        by_lr.setdefault(group["lr"], []).extend(names[id(p)] for p in group["params"])
+    assert set(by_lr) == {0.1, 0.4, 0.5}
+    assert by_lr[0.1] and all(".lora_A." in n for n in by_lr[0.1])
+    assert by_lr[0.4] and all(".lora_B." in n for n in by_lr[0.4])
+    assert by_lr[0.5] and all("multi_modal_projector" in n for n in by_lr[0.5])
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable == {n for group in by_lr.values() for n in group}

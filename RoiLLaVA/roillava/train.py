@@ -3,8 +3,9 @@
 Run through `scripts/v1_5/{pretrain,finetune,finetune_lora,finetune_cos}.sh`. `--roi_data_path`
 (the Chain-of-Spot ROI JSON) switches the data to the two-turn ROI conversation (`cos_data.py`).
 The HF Trainer does the work
-(DeepSpeed ZeRO-2/3 via `--deepspeed`, gradient checkpointing, resume); the only customisation,
-as in LLaVA's own trainer, is a separate learning rate for the projector (`--mm_projector_lr`).
+(DeepSpeed ZeRO-2/3 via `--deepspeed`, gradient checkpointing, resume); the only customisation is
+the learning rate of some parameters: the projector's, as in LLaVA's own trainer (`--mm_projector_lr`),
+and, optionally, LoRA+'s faster rate for the LoRA B matrices (`--lora_plus_ratio`).
 A run resumes from the last `checkpoint-*` in `--output_dir` automatically.
 """
 
@@ -70,6 +71,12 @@ class DataArguments:
 class TrainingArguments(transformers.TrainingArguments):
     model_max_length: int = 2048
     mm_projector_lr: float | None = None
+    lora_plus_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "LoRA+ (Hayou et al. 2024): the LoRA B matrices train at this multiple of the rate"
+        },
+    )
     lora_enable: bool = False
     lora_r: int = 64
     lora_alpha: int = 16
@@ -83,25 +90,31 @@ class TrainingArguments(transformers.TrainingArguments):
 
 
 class LLaVATrainer(Trainer):
-    """The HF Trainer plus one optimizer group for the projector at `mm_projector_lr`."""
+    """The HF Trainer with an optimizer group per learning rate: the projector's `mm_projector_lr`
+    (LLaVA's) and, with `lora_plus_ratio`, the LoRA B matrices' ratio × the rate (LoRA+: B starts at
+    zero and learns slowly at A's rate)."""
+
+    def param_lr(self, name: str) -> float:
+        if PROJECTOR in name and self.args.mm_projector_lr is not None:
+            return self.args.mm_projector_lr
+        if ".lora_B." in name and self.args.lora_plus_ratio is not None:
+            return self.args.learning_rate * self.args.lora_plus_ratio
+        return self.args.learning_rate
 
     def create_optimizer(self, model=None):
-        if self.optimizer is not None or self.args.mm_projector_lr is None:
+        custom = self.args.mm_projector_lr is not None or self.args.lora_plus_ratio is not None
+        if self.optimizer is not None or not custom:
             return super().create_optimizer(model)
         model = self.model if model is None else model
         decay = set(self.get_decay_parameter_names(model))
-        groups: dict[tuple[bool, bool], list] = {}
+        groups: dict[tuple[float, bool], list] = {}
         for name, p in model.named_parameters():
             if p.requires_grad:
-                groups.setdefault((PROJECTOR in name, name in decay), []).append(p)
+                groups.setdefault((self.param_lr(name), name in decay), []).append(p)
         optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         param_groups = [
-            {
-                "params": params,
-                "weight_decay": self.args.weight_decay if with_decay else 0.0,
-                **({"lr": self.args.mm_projector_lr} if is_projector else {}),
-            }
-            for (is_projector, with_decay), params in groups.items()
+            {"params": params, "weight_decay": self.args.weight_decay if with_decay else 0.0, "lr": lr}
+            for (lr, with_decay), params in groups.items()
         ]
         self.optimizer = optimizer_cls(param_groups, **kwargs)
         return self.optimizer
