@@ -1,6 +1,8 @@
 """`finetune_lora.sh` on the toy world: two ZeRO-3 steps on the Chain-of-Spot data, adapter + projector saved and loadable."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,9 +29,13 @@ def test_finetune_lora_two_steps_saves_adapter_with_projector(tiny_base, toy_wor
         "LR": "1e-2",
         "MM_PROJECTOR_LR": "1e-2",
         "EXTRA_ARGS": "--warmup_steps 0",  # the recipe's warmup would make the first step a no-op
+        "MASTER_PORT": str(29500 + os.getpid() % 1000),
     }
     log = run_script("scripts/v1_5/finetune_lora.sh", env, tmp_path)
     assert "'loss'" in log
+    # DeepSpeed's CPU all-reduce mapped a 69 MB /dev/shm file for the run; training removes it at exit
+    assert "deepspeed_shm_comm_op built successfully" in log
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{env['MASTER_PORT']}_*"))
 
     adapter_cfg = json.loads((out / "adapter_config.json").read_text())
     assert adapter_cfg["r"] == 8 and adapter_cfg["lora_alpha"] == 16

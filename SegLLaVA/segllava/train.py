@@ -19,6 +19,7 @@ Additions: `--train_embeddings new_tokens` trains only the rows of the added tok
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -359,7 +360,16 @@ def training_arguments(args: SegTrainArgs) -> HfTrainingArguments:
     )
 
 
+def remove_shm_buffer_at_exit() -> None:
+    """DeepSpeed's CPU all-reduce maps a 69 MB file in /dev/shm per rank, named by address and port,
+    and never removes it: every CPU run would leak one. Remove this rank's when the process exits."""
+    env = os.environ
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR')}_{env.get('MASTER_PORT')}"
+    atexit.register(Path("/dev/shm", f"{name}_{env.get('RANK')}").unlink, missing_ok=True)
+
+
 def train(argv: list[str] | None = None) -> None:
+    remove_shm_buffer_at_exit()
     (args,) = HfArgumentParser(SegTrainArgs).parse_args_into_dataclasses(args=argv)
     check_args(args)
     logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)

@@ -9,8 +9,10 @@ resumes from the last `checkpoint-*` in `--output_dir` automatically.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -205,7 +207,16 @@ def image_features_mode(model_args: ModelArguments) -> str:
     return "rule"
 
 
+def remove_shm_buffer_at_exit() -> None:
+    """DeepSpeed's CPU all-reduce maps a 69 MB file in /dev/shm per rank, named by address and port,
+    and never removes it: every CPU run would leak one. Remove this rank's when the process exits."""
+    env = os.environ
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR')}_{env.get('MASTER_PORT')}"
+    atexit.register(Path("/dev/shm", f"{name}_{env.get('RANK')}").unlink, missing_ok=True)
+
+
 def train(argv: list[str] | None = None) -> None:
+    remove_shm_buffer_at_exit()
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
