@@ -32,7 +32,7 @@ SYSTEM1_FINETUNE = {"MAX_STEPS": "900", "BATCH": "16", "LR": "1e-3"}
 # (issue 6). LoRA r8 on the 256-wide toy LM is the real recipe's r128 on 4096 in proportion; both
 # adapters keep the base's MLP projector (--freeze_mm_mlp_adapter) instead of carrying a copy.
 # Pointing, like naming for the switch, comes with updates: 1000 steps of 4 cover 91% of the small
-# targets, 440 (the time the stage has) 73-83%, a tenth of the boxes inverted. Without LoRA dropout
+# targets, 440 (the old recipe) 73-83%, a tenth of the boxes inverted. Without LoRA dropout
 # (a fifth of each CPU step) and with LoRA+ (the B matrices at 8x the rate), 540 steps covered 90-92%
 # in two runs; with 16x, 83-91% in two. Runs differ most in how many boxes come out inverted; 580
 # steps keep a margin and the stage under 3 minutes.
