@@ -178,9 +178,9 @@ def load_processor(model_args: ModelArguments, data_args: DataArguments):
 def remove_shm_buffer_at_exit() -> None:
     """DeepSpeed's CPU all-reduce maps a 69 MB file in /dev/shm per rank, named by address and port,
     and never removes it: every CPU run would leak one. Remove this rank's when the process exits."""
-    env = os.environ
-    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR')}_{env.get('MASTER_PORT')}"
-    atexit.register(Path("/dev/shm", f"{name}_{env.get('RANK')}").unlink, missing_ok=True)
+    addr, port, rank = (os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK"))
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+    atexit.register(Path("/dev/shm", name).unlink, missing_ok=True)
 
 
 def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, dataset_kwargs=None) -> None:
