@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench-eval clean-demo venv
+.PHONY: demo test test-real lint bench-eval clean-demo venv
 
 venv: $(STAMP)
 
@@ -20,7 +20,11 @@ demo: $(STAMP)
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m playground.demo
 
 test: $(STAMP)
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -m "not real"
+
+# Every entry point at the real LLaVA-1.5-7B / CLIP-336 / SAM-H widths (shallow, random-init models).
+test-real: $(STAMP)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -m real
 
 # Single vs batched (8) throughput of the System-1 runner on the tiny model (eval/bench_answerer.py).
 bench-eval: $(STAMP)

@@ -22,6 +22,15 @@ def tiny_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_base(tmp_path_factory) -> Path:
+    """A llava-1.5-7b-hf-shaped directory (real widths, 1 text / 2 vision / 1 SAM layers, bf16, hub
+    `CLIPImageProcessor` config) with SAM-H widths in `sam/`; about 1.1 GB on disk, 15 s to build."""
+    from playground.real_shapes import build_real_shape_base
+
+    return build_real_shape_base(tmp_path_factory.mktemp("real_base"))
+
+
+@pytest.fixture(scope="session")
 def toy_world(tmp_path_factory) -> dict:
     """A small toy world in the real layouts; returns its roots and summary."""
     from playground.toyworld import WorldSize, generate
