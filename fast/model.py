@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
+from roillava.model import llava_processor
 from roillava.roi import RoiConfig
 from swillava.conversation import OBJECT_PLACEHOLDER
 from swillava.infer import SwitchAdapter
@@ -106,9 +107,7 @@ def load_processor(directory: str | Path, fallback: str | Path):
     """A checkpoint's processor (padding on, as LLaVA-1.5 trains), or the base's if it saved none."""
     d = Path(directory)
     has = (d / "processor_config.json").is_file() or (d / "tokenizer_config.json").is_file()
-    processor = AutoProcessor.from_pretrained(d if has else fallback)
-    processor.image_processor.do_pad = True
-    return processor
+    return llava_processor(d if has else fallback, "pad")
 
 
 def attach_lora_adapter(

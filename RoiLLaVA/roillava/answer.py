@@ -397,7 +397,9 @@ def load_for_inference(
     model_path: str, model_base: str | None = None, *, device: str = "cpu", dtype=torch.float32
 ):
     """A full llava-hf checkpoint, or a PEFT adapter directory merged onto its base."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
+
+    from .model import llava_processor
 
     adapter_cfg = Path(model_path) / "adapter_config.json"
     processor_source = model_path
@@ -412,8 +414,7 @@ def load_for_inference(
             processor_source = base
     else:
         model = LlavaForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
-    processor = AutoProcessor.from_pretrained(processor_source)
-    processor.image_processor.do_pad = True
+    processor = llava_processor(processor_source, "pad")
     return model.to(device).eval(), processor
 
 

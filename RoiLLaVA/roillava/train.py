@@ -21,12 +21,20 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoProcessor, HfArgumentParser, Trainer, TrainerCallback
+from transformers import HfArgumentParser, Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from .cos_data import ChainOfSpotDataset
 from .data import DataCollatorForSupervisedDataset, LazySupervisedDataset
-from .model import PROJECTOR, add_lora, freeze_for_stage, load_base, load_projector, save_projector
+from .model import (
+    PROJECTOR,
+    add_lora,
+    freeze_for_stage,
+    llava_processor,
+    load_base,
+    load_projector,
+    save_projector,
+)
 
 logger = logging.getLogger(__name__)
 TRAIN_CONFIG_FILE = "roillava_train_config.json"
@@ -167,12 +175,7 @@ def build_dataset(cls, model_args, data_args, training_args, processor, model_co
 
 
 def load_processor(model_args: ModelArguments, data_args: DataArguments):
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
-    if data_args.image_aspect_ratio not in ("pad", "square"):
-        raise ValueError(f"--image_aspect_ratio must be pad or square, got {data_args.image_aspect_ratio!r}")
-    # llava-hf ships do_pad=False (centre crop); LLaVA-1.5 was trained on padded images.
-    processor.image_processor.do_pad = data_args.image_aspect_ratio == "pad"
-    return processor
+    return llava_processor(model_args.model_name_or_path, data_args.image_aspect_ratio)
 
 
 def remove_shm_buffer_at_exit() -> None:

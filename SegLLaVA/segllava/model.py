@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoProcessor, LlavaForConditionalGeneration, SamModel
+from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaImageProcessorPil, SamModel
 from transformers.utils import ModelOutput
 
 from .conversation import IM_END, IM_START, SEG_TOKEN, TokenLayout
@@ -494,13 +494,30 @@ def _group(masks: list[torch.Tensor], rows: list[int], n_rows: int) -> list[torc
 
 
 # --- building ------------------------------------------------------------------------------------------------
-def load_processor(path: str | Path, image_aspect_ratio: str):
+def load_processor(source: str | Path, image_aspect_ratio: str = "pad"):
+    """The checkpoint's processor with LLaVA-1.5's image preprocessing, whatever class the checkpoint ships.
+
+    llava-hf's llava-1.5 checkpoints ship a `CLIPImageProcessor` config (resize + centre crop), which has no
+    padding step: setting `do_pad` on it is silently ignored, and every box, crop and mask would then live in
+    a cropped frame. LLaVA-1.5 pads to a square with the mean colour (`pad`) or resizes and centre-crops
+    (`square`, its stage-1 default); both are `LlavaImageProcessorPil` with the checkpoint's sizes and stats.
+    """
     if image_aspect_ratio not in ("pad", "square"):
         raise ValueError(f"image_aspect_ratio must be pad or square, got {image_aspect_ratio!r}")
-    processor = AutoProcessor.from_pretrained(str(path))
-    # llava-hf ships do_pad=False (centre crop); LLaVA-1.5 was trained on padded images and a crop would hide
-    # objects near the border from the language model while SAM still sees them.
-    processor.image_processor.do_pad = image_aspect_ratio == "pad"
+    processor = AutoProcessor.from_pretrained(str(source))
+    shipped = processor.image_processor
+    processor.image_processor = LlavaImageProcessorPil(
+        do_pad=image_aspect_ratio == "pad",
+        do_resize=True,
+        size={k: v for k, v in dict(shipped.size).items() if v is not None},
+        do_center_crop=True,
+        crop_size={k: v for k, v in dict(shipped.crop_size).items() if v is not None},
+        resample=shipped.resample,
+        rescale_factor=shipped.rescale_factor,
+        image_mean=list(shipped.image_mean),
+        image_std=list(shipped.image_std),
+        do_convert_rgb=True,
+    )
     return processor
 
 

@@ -111,7 +111,6 @@ class SwitchAdapter:
     def __init__(self, model: SwiLLaVA, processor, *, template: str | None = None, max_new_tokens: int = 200):
         self.model = model.eval()
         self.processor = processor
-        self.processor.image_processor.do_pad = True
         self.template = template or model.swi_config.template
         self.max_new_tokens = max_new_tokens
         self.crop_size = processor.image_processor.crop_size["height"]

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaImageProcessorPil
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .conversation import OBJECT_PLACEHOLDER, TokenLayout
@@ -484,8 +484,7 @@ def load_switch(
     weights_dir = path if config.weights == "full" else base
     llava = LlavaForConditionalGeneration.from_pretrained(weights_dir, dtype=dtype)
     has_processor = (path / "processor_config.json").is_file() or (path / "tokenizer_config.json").is_file()
-    processor = AutoProcessor.from_pretrained(path if has_processor else base)
-    processor.image_processor.do_pad = True
+    processor = llava_processor(path if has_processor else base, "pad")
     swi = build_switch(llava, processor.tokenizer, config)
     if config.weights == "lora":
         from peft import PeftModel
@@ -496,3 +495,30 @@ def load_switch(
             load_mlp_projector(swi, path / MLP_PROJECTOR_FILE)
         load_object_projector(swi, path / OBJECT_PROJECTOR_FILE)
     return swi.to(device).eval(), processor
+
+
+def llava_processor(source: str | Path, image_aspect_ratio: str = "pad"):
+    """The checkpoint's processor with LLaVA-1.5's image preprocessing, whatever class the checkpoint ships.
+
+    llava-hf's llava-1.5 checkpoints ship a `CLIPImageProcessor` config (resize + centre crop), which has no
+    padding step: setting `do_pad` on it is silently ignored, and every box, crop and mask would then live in
+    a cropped frame. LLaVA-1.5 pads to a square with the mean colour (`pad`) or resizes and centre-crops
+    (`square`, its stage-1 default); both are `LlavaImageProcessorPil` with the checkpoint's sizes and stats.
+    """
+    if image_aspect_ratio not in ("pad", "square"):
+        raise ValueError(f"image_aspect_ratio must be pad or square, got {image_aspect_ratio!r}")
+    processor = AutoProcessor.from_pretrained(str(source))
+    shipped = processor.image_processor
+    processor.image_processor = LlavaImageProcessorPil(
+        do_pad=image_aspect_ratio == "pad",
+        do_resize=True,
+        size={k: v for k, v in dict(shipped.size).items() if v is not None},
+        do_center_crop=True,
+        crop_size={k: v for k, v in dict(shipped.crop_size).items() if v is not None},
+        resample=shipped.resample,
+        rescale_factor=shipped.rescale_factor,
+        image_mean=list(shipped.image_mean),
+        image_std=list(shipped.image_std),
+        do_convert_rgb=True,
+    )
+    return processor

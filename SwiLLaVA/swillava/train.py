@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoProcessor, HfArgumentParser, LlavaForConditionalGeneration, Trainer
+from transformers import HfArgumentParser, LlavaForConditionalGeneration, Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
 from .data import SealCollator, SealDataset
@@ -32,6 +32,7 @@ from .model import (
     SwiLLaVA,
     add_lora,
     build_switch,
+    llava_processor,
     load_mlp_projector,
     load_object_projector,
     load_trained_weights,
@@ -172,9 +173,7 @@ def load_processor(model_args: ModelArguments, data_args: DataArguments):
             f"--image_aspect_ratio {data_args.image_aspect_ratio!r}: only 'pad' is supported (object locations "
             "are normalised on the padded square)"
         )
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
-    processor.image_processor.do_pad = True  # llava-hf ships do_pad=False; LLaVA-1.5 and SEAL pad
-    return processor
+    return llava_processor(model_args.model_name_or_path, "pad")
 
 
 def swi_config(model_args: ModelArguments) -> SwiConfig:
