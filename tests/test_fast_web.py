@@ -214,8 +214,9 @@ def _ask(driver, question: str, *, wait_for: str, timeout: float = 60) -> float:
 
 
 def test_page_answers_a_hard_toy_question_with_system2(
-    page_url, browser, web_checkpoints, hard_scene, tmp_path
+    browser, page_url, web_checkpoints, hard_scene, tmp_path
 ):
+    """No browser fails first (`browser` before `page_url`), in seconds."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     scene, question = hard_scene
