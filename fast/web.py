@@ -8,7 +8,7 @@ why (the objects the switch said were missing), the region of interest (yellow b
 the image, the evidence prompt the switch answered from, the answer, and the seconds of each stage.
 Requests queue for one worker: the agent switches adapters on one model and is not thread-safe.
 
-The page is served on 127.0.0.1 only, with no share link, no analytics or version check and no web
+The page is served on 127.0.0.1 (unless --host says otherwise), with no share link, no analytics or version check and no web
 fonts, so it works offline and loads nothing from outside the machine. Gradio is imported only here,
 so the rest of the project does not need it.
 """
@@ -21,6 +21,7 @@ import html
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -41,6 +42,15 @@ from .trace import Trace, draw_overlay
 DEMO_CHECKPOINTS = CKPT
 # `python -m fast` options that choose what to answer: the page asks the questions instead.
 BATCH_ONLY = ("image", "question", "question_file", "vstar", "bench_folder", "answers_file", "options")
+NOT_FOR_THE_PAGE = (
+    "image_folder",
+    "traces_file",
+    "overlay_dir",
+    "batch_size",
+    "num_chunks",
+    "chunk_idx",
+    "model_id",
+)
 # Elements the browser test and users' scripts find the results by.
 IDS = {
     "image": "fast-image",
@@ -70,10 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.prog = "python -m fast.web"
     p.description = __doc__
     for action in p._actions:
-        if action.dest == "base":
+        if action.dest in ("base", "switch", "roi", "seg"):
             action.required = False
             action.default = None
-            action.help = f"{action.help} (default: the demo's, {DEMO_CHECKPOINTS}/system1)"
+            where = DEMO_CHECKPOINTS / ("system1" if action.dest == "base" else action.dest)
+            action.help = f"{action.help or 'adapter'} (default: the demo's, {where})"
+        elif action.dest in BATCH_ONLY + NOT_FOR_THE_PAGE:
+            action.help = argparse.SUPPRESS
     web = p.add_argument_group("page")
     web.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     web.add_argument("--port", type=int, default=None, help="default: the first free port from 7860")
@@ -354,6 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     print("[fast.web] " + agent.model.memory.summary(), file=sys.stderr)
     examples_dir = Path(tempfile.mkdtemp(prefix="fast-web-examples-"))
     atexit.register(shutil.rmtree, examples_dir, ignore_errors=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stopped server still removes its examples
     examples = write_toy_examples(examples_dir) if options.examples else []
     app = build_app(Page(agent), examples)
     launch(app, options, [str(examples_dir)])

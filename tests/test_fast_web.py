@@ -24,8 +24,11 @@ import torch
 from test_fast_agent import TINY_PERCEIVER, _one_thread, fast_checkpoints  # noqa: F401
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+import fast.web as web
 from fast.trace import Trace
-from fast.web import ERROR_MARK, IDS, Page, decision_markdown, read_upload, write_toy_examples
+from fast.web import ERROR_MARK, IDS, Page, decision_markdown, parse_args, read_upload, write_toy_examples
+from playground.demo import AGENT_KNOBS
+from playground.toyworld import SHORT_ANSWER_SUFFIX
 from playground.toyworld.scene import make_scene
 from playground.toyworld.world import missing_objects_answer, pattern_question
 from swillava.data import SealCollator, SealDataset
@@ -285,6 +288,52 @@ def test_page_parts_and_messages_without_a_browser(tmp_path):
     assert "**System 2**" in decision_markdown(trace) and "**red object**" in decision_markdown(trace)
     trace = Trace("q", "What?", None, "fast", "roi+seg", system="system1")
     assert decision_markdown(trace).startswith("**System 1**: the switch answered directly")
+
+
+def test_command_line_takes_the_agent_options_and_defaults_to_the_demo(tmp_path, monkeypatch, capsys):
+    config, options = parse_args(
+        [
+            "--base",
+            "B",
+            "--switch",
+            "S",
+            "--roi",
+            "R",
+            "--seg",
+            "G",
+            "--mode",
+            "system2-always",
+            "--port",
+            "9",
+        ]
+    )
+    assert (config.base, config.switch, config.roi, config.seg, config.mode) == (
+        "B",
+        "S",
+        "R",
+        "G",
+        "system2_always",
+    )
+    assert (options.host, options.port, options.examples, config.question_suffix) == (
+        "127.0.0.1",
+        9,
+        True,
+        "",
+    )
+    with pytest.raises(SystemExit):
+        parse_args(["--base", "B", "--switch", "S", "--roi", "R", "--seg", "G", "--image", "x.jpg"])
+    assert "drop --image" in capsys.readouterr().err
+    monkeypatch.setattr(web, "DEMO_CHECKPOINTS", tmp_path / "checkpoints")
+    with pytest.raises(SystemExit):
+        parse_args([])
+    assert "run `make demo` first" in capsys.readouterr().err
+    (tmp_path / "checkpoints" / "seg").mkdir(parents=True)
+    config, _ = parse_args(["--evidence", "roi"])
+    assert config.base == str(tmp_path / "checkpoints" / "system1") and config.evidence == "roi"
+    assert (
+        config.question_suffix == SHORT_ANSWER_SUFFIX
+        and config.answer_max_new_tokens == AGENT_KNOBS["answer_max_new_tokens"]
+    )
 
 
 def test_the_agent_does_not_need_gradio():
