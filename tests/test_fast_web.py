@@ -25,12 +25,16 @@ from test_fast_agent import TINY_PERCEIVER, _one_thread, fast_checkpoints  # noq
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 import fast.web as web
+from fast.model import read_roi_config
 from fast.trace import Trace
 from fast.web import ERROR_MARK, IDS, Page, decision_markdown, parse_args, read_upload, write_toy_examples
 from playground.demo import AGENT_KNOBS
 from playground.toyworld import SHORT_ANSWER_SUFFIX
 from playground.toyworld.scene import make_scene
-from playground.toyworld.world import missing_objects_answer, pattern_question
+from playground.toyworld.world import missing_objects_answer, pattern_question, roi_box
+from roillava.answer import pixel_values
+from roillava.model import add_lora as roi_add_lora
+from roillava.roi import stage1_prompt
 from swillava.data import SealCollator, SealDataset
 from swillava.infer import SwitchAdapter
 from swillava.model import SwiConfig, add_lora, build_switch
@@ -61,16 +65,39 @@ def hard_scene():
     return scene, question
 
 
+ROI_MAX_NEW_TOKENS = 48  # the box text, digit by digit
+
+
+def _fit(model: torch.nn.Module, batch: dict, steps: int = 60) -> None:
+    """A few AdamW steps on one example: enough for a tiny adapter to repeat its answer."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
+def roi_text(scene) -> str:
+    """The toy world's Chain-of-Spot label for the scene's target, as the ROI adapter writes it."""
+    return "[" + ", ".join(f"{v:.3f}" for v in roi_box(scene.target.bbox, *scene.image.size)) + "]"
+
+
 @pytest.fixture(scope="module")
 def web_checkpoints(tiny_base, hard_scene, tmp_path_factory) -> dict[str, Path]:
-    """The test checkpoints, with a switch trained (60 AdamW steps, a few seconds) to say SEAL's
-    missing-objects sentence naming the hard scene's target."""
+    """The test checkpoints, with a switch and a ROI adapter fitted in a few seconds (60 AdamW steps each,
+    the siblings' own model and data code) to the hard scene: the switch says SEAL's missing-objects
+    sentence naming its target, the ROI adapter gives the toy world's region for it. The seg adapter
+    stays random (its mask is noise)."""
     scene, question = hard_scene
-    t0 = time.perf_counter()
+    start = time.perf_counter()
     ckpts = fast_checkpoints(tiny_base)
-    t1 = time.perf_counter()
-    root = tmp_path_factory.mktemp("web_switch")
+    base = ckpts["base"]
+    processor = AutoProcessor.from_pretrained(base)
+    root = tmp_path_factory.mktemp("web_adapters")
     scene.image.save(root / "hard.png")
+
     record = {
         "image": "hard.png",
         "conversations": [
@@ -79,9 +106,8 @@ def web_checkpoints(tiny_base, hard_scene, tmp_path_factory) -> dict[str, Path]:
         ],
     }
     (root / "seal.json").write_text(json.dumps([record]))
-    base = ckpts["base"]
-    processor = AutoProcessor.from_pretrained(base)
-    processor.image_processor.do_pad = True
+    padded = AutoProcessor.from_pretrained(base)
+    padded.image_processor.do_pad = True  # the switch sees padded images, in training and in the agent
     torch.manual_seed(0)
     switch = build_switch(
         LlavaForConditionalGeneration.from_pretrained(base),
@@ -91,22 +117,35 @@ def web_checkpoints(tiny_base, hard_scene, tmp_path_factory) -> dict[str, Path]:
     add_lora(switch, r=8, alpha=16, dropout=0.0, freeze_mlp_projector=True)
     data = SealDataset(
         str(root / "seal.json"), str(root), tokenizer=processor.tokenizer,
-        image_processor=processor.image_processor, layout=switch.token_layout(), template="v1", max_length=1024,
+        image_processor=padded.image_processor, layout=switch.token_layout(), template="v1", max_length=1024,
     )  # fmt: skip
-    batch = SealCollator(processor.tokenizer.pad_token_id)([data[0]])
-    optimizer = torch.optim.AdamW([p for p in switch.parameters() if p.requires_grad], lr=3e-3)
-    switch.train()
-    for _ in range(60):
-        switch(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    out = root / "switch"
-    switch.eval().save_pretrained(out)
-    processor.save_pretrained(out)
-    decision = SwitchAdapter.from_pretrained(out, max_new_tokens=40).decide(scene.image, question.text)
+    _fit(switch, SealCollator(processor.tokenizer.pad_token_id)([data[0]]))
+    switch.save_pretrained(root / "switch")
+    processor.save_pretrained(root / "switch")
+    decision = SwitchAdapter.from_pretrained(root / "switch", max_new_tokens=40).decide(
+        scene.image, question.text
+    )
     assert decision.missing_objects == [question.target_name], decision.text
-    print(f"checkpoints {t1 - t0:.1f} s, switch trained {time.perf_counter() - t1:.1f} s")
-    return {**ckpts, "switch": out, "image": root / "hard.png"}
+
+    llava = LlavaForConditionalGeneration.from_pretrained(base)
+    torch.manual_seed(0)
+    roi = roi_add_lora(llava, r=8, alpha=16, dropout=0.0, freeze_projector=True)
+    config = read_roi_config(ckpts["roi"], max_new_tokens=ROI_MAX_NEW_TOKENS)  # what the agent will ask
+    prompt = stage1_prompt(
+        question.text, scene.image, processor=processor, model_config=llava.config, config=config
+    )
+    answer = processor.tokenizer(roi_text(scene), add_special_tokens=False).input_ids
+    answer.append(processor.tokenizer.eos_token_id)
+    batch = {
+        "input_ids": torch.tensor([prompt.input_ids + answer]),
+        "labels": torch.tensor([[-100] * len(prompt.input_ids) + answer]),
+        "pixel_values": pixel_values(processor, [prompt]),
+    }
+    _fit(roi, batch)
+    roi.save_pretrained(root / "roi")
+    processor.save_pretrained(root / "roi")
+    print(f"checkpoints and fitted adapters in {time.perf_counter() - start:.1f} s")
+    return {**ckpts, "switch": root / "switch", "roi": root / "roi", "image": root / "hard.png"}
 
 
 def free_port() -> int:
@@ -124,7 +163,7 @@ def page_url(web_checkpoints, tmp_path_factory):
     cmd = [
         sys.executable, "-m", "fast.web", "--base", str(c["base"]), "--switch", str(c["switch"]),
         "--roi", str(c["roi"]), "--seg", str(c["seg"]), "--port", str(port),
-        "--switch-max-new-tokens", "40", "--roi-max-new-tokens", "8", "--max-new-tokens", "4",
+        "--switch-max-new-tokens", "40", "--roi-max-new-tokens", str(ROI_MAX_NEW_TOKENS), "--max-new-tokens", "4",
     ]  # fmt: skip
     # one intra-op thread: tiny models, and far faster on a busy CPU (as the in-process tests)
     env = {**os.environ, "GRADIO_TEMP_DIR": str(log_path.parent / "gradio"), "OMP_NUM_THREADS": "1"}
@@ -251,7 +290,8 @@ def test_page_answers_a_hard_toy_question_with_system2(
     assert _page_errors(driver) == []
     assert "Answered by System 2" in _css(driver, "status").text
     decision = _css(driver, "decision").text
-    assert "System 2" in decision and question.target_name in decision and "Region of interest" in decision
+    assert "System 2" in decision and question.target_name in decision
+    assert "Region of interest" in decision and roi_text(scene) in decision and "unusable ROI" not in decision
     evidence = _css(driver, "evidence", "textarea").get_attribute("value")
     assert f"{question.target_name} <object> at location" in evidence
     assert "switch_answer" in _css(driver, "timing").text
