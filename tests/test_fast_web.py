@@ -1,9 +1,9 @@
 """The web page (`python -m fast.web`) in a real browser: Debian's Chromium, headless, driven by Selenium.
 
 The page runs as a user starts it, in its own process on 127.0.0.1, on the tiny test checkpoints with a
-switch adapter trained for a few seconds to name the small target of one toy scene (SwiLLaVA's own data
-pipeline and model), so the agent itself decides System 2 and names the object. No browser is a
-failure, never a skip: `make test` installs one (`make browser`).
+switch and a ROI adapter fitted in seconds to one toy scene with a small target (the siblings' own model
+and data code), so the agent itself decides System 2, names the object and proposes its region. No
+browser is a failure, never a skip: `make test` installs one (`make browser`).
 """
 
 from __future__ import annotations
@@ -170,6 +170,7 @@ def page_url(web_checkpoints, tmp_path_factory):
     with open(log_path, "w") as log:
         server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -178,7 +179,7 @@ def page_url(web_checkpoints, tmp_path_factory):
                     f"python -m fast.web exited ({server.returncode}):\n{log_path.read_text()[-4000:]}"
                 )
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
+                with direct.open(url, timeout=2) as response:
                     if response.status == 200:
                         break
             except OSError:
@@ -224,45 +225,58 @@ def _css(driver, key: str, inner: str = ""):
     return driver.find_element(By.CSS_SELECTOR, f"#{IDS[key]} {inner}".strip())
 
 
+def _status(driver) -> str:
+    """The status message the handler wrote (not Gradio's progress line beside it)."""
+    return " ".join(
+        e.text for e in driver.find_elements("css selector", f"#{IDS['status']} [data-testid='markdown']")
+    )
+
+
+def _busy(driver) -> bool:
+    """Whether any output still shows Gradio's progress tracker (hidden when the event has finished)."""
+    trackers = driver.find_elements("css selector", "[data-testid='status-tracker']")
+    return any("hide" not in (t.get_attribute("class") or "").split() for t in trackers)
+
+
 def _page_errors(driver) -> list[str]:
     """What the page shows as an error: our message, or a Gradio toast."""
-    from selenium.webdriver.common.by import By
-
-    toasts = [t.text for t in driver.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']")]
-    status = _css(driver, "status").text
+    toasts = [t.text for t in driver.find_elements("css selector", "[data-testid='toast-body']")]
+    status = _status(driver)
     return toasts + ([status] if ERROR_MARK in status else [])
 
 
 def _ask(driver, question: str, *, wait_for: str, timeout: float = 60) -> float:
-    """Types the question, clicks Ask and waits until the status shows `wait_for`; returns the seconds."""
+    """Types the question, clicks Ask and waits until the event has finished with a new status that
+    shows `wait_for` (or an error); returns the seconds from the click."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     box = _css(driver, "question", "textarea")
     box.clear()
     box.send_keys(question)
-    previous = _css(driver, "status").text
+    previous = _status(driver)
     start = time.perf_counter()
     _css(driver, "ask").click()
 
     def settled(d) -> bool:
-        status = _css(d, "status").text
-        if "processing" in status or "queue:" in status:  # Gradio's progress line while it runs
-            return False
-        changed = status != previous and (wait_for in status or ERROR_MARK in status)
-        return changed or bool(d.find_elements("css selector", "[data-testid='toast-body']"))
+        if d.find_elements("css selector", "[data-testid='toast-body']"):
+            return True
+        status = _status(d)
+        return not _busy(d) and status != previous and (wait_for in status or ERROR_MARK in status)
 
-    WebDriverWait(driver, timeout).until(settled)
+    WebDriverWait(driver, timeout, poll_frequency=0.1).until(settled)
     return time.perf_counter() - start
 
 
 def test_page_answers_a_hard_toy_question_with_system2(
-    browser, page_url, web_checkpoints, hard_scene, tmp_path
+    browser, page_url, web_checkpoints, hard_scene, tmp_path, request
 ):
     """No browser fails first (`browser` before `page_url`), in seconds."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     scene, question = hard_scene
     driver = browser
+    # what the page showed last, also when a step below fails
+    request.addfinalizer(lambda: driver.save_screenshot(str(tmp_path / "fast-web-last.png")))
     driver.get(page_url)
     WebDriverWait(driver, 60).until(
         lambda d: d.find_elements("css selector", f"#{IDS['image']} input[type=file]")
@@ -271,13 +285,13 @@ def test_page_answers_a_hard_toy_question_with_system2(
 
     # bad input first: messages in the page, and the page still works afterwards
     _ask(driver, "", wait_for="type a question")
-    assert "type a question" in _css(driver, "status").text
+    assert "type a question" in _status(driver)
     _ask(driver, question.text, wait_for="upload an image")
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("not an image")
     _css(driver, "image", "input[type=file]").send_keys(str(not_an_image))
     _ask(driver, question.text + " ", wait_for="not a readable image")
-    assert "notes.png is not a readable image" in _css(driver, "status").text
+    assert "notes.png is not a readable image" in _status(driver)
 
     # the hard question on the uploaded toy image
     _css(driver, "image", "button[aria-label='Remove Image']").click()
@@ -288,7 +302,7 @@ def test_page_answers_a_hard_toy_question_with_system2(
     driver.save_screenshot(str(tmp_path / "fast-web.png"))
     print(f"page answered in {seconds:.2f} s; screenshot {tmp_path / 'fast-web.png'}")
     assert _page_errors(driver) == []
-    assert "Answered by System 2" in _css(driver, "status").text
+    assert "Answered by System 2" in _status(driver)
     decision = _css(driver, "decision").text
     assert "System 2" in decision and question.target_name in decision
     assert "Region of interest" in decision and roi_text(scene) in decision and "unusable ROI" not in decision
