@@ -1,11 +1,12 @@
 # FaST: two commands on a fresh clone.
 #   make demo   create .venv, install, run the whole pipeline on the toy world
-#   make test   create .venv, install, run every test
+#   make test   create .venv, install, run every test (installs Debian's Chromium first if missing, as root)
+#   make web    the agent in a browser page on 127.0.0.1 (the demo's checkpoints)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-real lint bench-eval clean-demo venv
+.PHONY: demo test test-real lint bench-eval clean-demo venv web browser
 
 venv: $(STAMP)
 
@@ -19,8 +20,24 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m playground.demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -m "not real"
+
+# `python -m fast.web`: upload an image, ask, see the decision, ROI, masks, evidence and answer.
+# Extra options (any of `python -m fast`'s): make web ARGS="--port 8000 --mode system2-always"
+web: $(STAMP)
+	$(PY) -m fast.web $(ARGS)
+
+# The page test drives Debian's Chromium headless through its chromedriver (nothing downloads a browser).
+browser:
+	@if command -v chromedriver >/dev/null && \
+		{ command -v chromium || command -v chromium-browser || command -v google-chrome; } >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "The page test needs Chromium and chromedriver: sudo apt-get update && sudo apt-get install -y chromium chromium-driver" >&2; \
+		exit 1; \
+	fi
 
 # Every entry point at the real LLaVA-1.5-7B / CLIP-336 / SAM-H widths (shallow, random-init models).
 test-real: $(STAMP)
