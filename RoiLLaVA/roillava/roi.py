@@ -59,7 +59,7 @@ def strip_image_placeholders(text: str) -> str:
 
 
 def roi_question(question: str, wording: str = DEFAULT_ROI_WORDING) -> str:
-    """Stage-1 user turn (global image first), §3.2 turn 1 / §3.4 step 1."""
+    """Stage-1 user turn (global image first): Chain-of-Spot's first training turn and evaluation prompt."""
     check_wording(wording)
     return f'{IMAGE_PLACEHOLDER}\nTo answer the question: "{question}", {wording} is the region of interest in the image?'
 

@@ -248,14 +248,14 @@ class SwitchAdapter:
         return [SwitchDecision(t, parse_missing_objects(t)) for t in texts]
 
     def decide(self, image: Image.Image, question: str) -> SwitchDecision:
-        """The switch probe (§2.5 step 1-2): the long image alone; greedy."""
+        """SEAL's switch probe: the long (padded) image alone; greedy."""
         return self.decide_batch([(image, question)])[0]
 
     def answer_with_evidence_batch(self, items: Sequence[tuple[Image.Image, str, Evidence]]) -> list[str]:
         return self.generate([self.build_prompt(image, q, objs) for image, q, objs in items])
 
     def answer_with_evidence(self, image: Image.Image, question: str, objects: Evidence) -> str:
-        """Answer with SEAL's evidence prompt: crops (1.2x context) and locations of `objects` (§2.5 step 4)."""
+        """Answer with SEAL's evidence prompt: crops (1.2x context) and locations of `objects`."""
         return self.answer_with_evidence_batch([(image, question, objects)])[0]
 
     # --- likelihood multiple choice -----------------------------------------------------------------
