@@ -57,7 +57,7 @@ class RunConfig:
     chunk_idx: int = 0
     conv_mode: str = "vicuna_v1"
     device: str | None = None  # None: cuda when available, decided where a model is loaded
-    roi_wording: str | None = None  # cos/fast: None until resolved from the ROI checkpoint's record
+    roi_wording: str | None = None  # with a ROI adapter: resolved from its record (or --roi-wording)
     roi_wording_source: str | None = None
     roi_max_new_tokens: int = 128
     vstar_image_view: str = VSTAR_DEFAULT_IMAGE_VIEW
@@ -249,7 +249,7 @@ def fast_command(cfg: RunConfig, bench: Benchmark, paths: BenchPaths, out: Path)
             cmd += [flag, path]
     if cfg.evidence:
         cmd += ["--evidence", cfg.evidence]
-    if cfg.roi_path and cfg.roi_wording:
+    if cfg.roi_path and cfg.roi_wording_source == "requested":  # else the agent reads the same record
         cmd += ["--roi-wording", cfg.roi_wording]
     return [sys.executable, "-m", "fast", *cmd]
 

@@ -73,9 +73,12 @@ def read_vstar_bench(folder: str | Path) -> VStarBench:
                 ann = json.loads(meta.read_text(encoding="utf-8"))
                 if not isinstance(ann, dict):
                     raise ValueError("not a JSON object")
-                question, options = ann.get("question"), ann.get("options")
+                for key in ("question", "options"):
+                    if key not in ann:
+                        raise ValueError(f"no {key!r}")
+                question, options = ann["question"], ann["options"]
                 if not isinstance(question, str):
-                    raise ValueError("no 'question' string")
+                    raise ValueError("'question' must be a string")
                 if not isinstance(options, list) or len(options) < 2:
                     raise ValueError("'options' must list at least two answers")
                 # The image is the file with the json's stem (SEAL's `split('.')[0]` breaks on dotted folders).

@@ -207,6 +207,15 @@ def test_roi_wording_follows_the_checkpoint(tmp_path):
         assert cfg.roi_wording == wording and cfg.roi_wording_source
     args = ["gqa", "--model-path", "m", "--mode", "cos", "--roi-path", str(ours), "--roi-wording", "what"]
     assert config_from_args(build_parser().parse_args(args)).roi_wording == "what"
+    # `fast` reads the same record itself; only a requested wording is passed on
+    paths = BenchPaths(tmp_path, tmp_path, tmp_path, tmp_path, "c")
+    fast_args = ["gqa", "--model-path", "m", "--mode", "fast", "--switch-path", "s", "--roi-path", str(ours)]
+    cfg = config_from_args(build_parser().parse_args(fast_args))
+    assert cfg.roi_wording == "where"
+    assert "--roi-wording" not in fast_command(cfg, BENCHMARKS["gqa"], paths, tmp_path / "a.jsonl")
+    cfg = config_from_args(build_parser().parse_args([*fast_args, "--roi-wording", "what"]))
+    cmd = fast_command(cfg, BENCHMARKS["gqa"], paths, tmp_path / "a.jsonl")
+    assert cmd[cmd.index("--roi-wording") + 1] == "what"
     (converted / "config.json").write_text(json.dumps({"roi_wording": "which"}))
     with pytest.raises(ValueError, match="config.json: ROI prompt wording"):
         resolve_roi_wording(converted)
