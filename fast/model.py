@@ -27,8 +27,9 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from roillava.roi import TRAIN_CONFIG_FILE as ROI_TRAIN_CONFIG_FILE
-from roillava.roi import RoiConfig, resolve_roi_wording
+from roillava.roi import RoiConfig
+from roillava.wording import TRAIN_CONFIG_FILE as ROI_TRAIN_CONFIG_FILE
+from roillava.wording import resolve_roi_wording
 from swillava.conversation import OBJECT_PLACEHOLDER
 from swillava.infer import SwitchAdapter
 from swillava.model import OBJECT_PROJECTOR, SwiConfig, SwiLLaVA, attach_object_projector
