@@ -1,7 +1,7 @@
 """The benchmark registry: where each benchmark's files live, how its questions are asked, how it is scored.
 
 Every benchmark keeps LLaVA-1.5's data layout under `playground/data/eval/<folder>/` and file names
-(`../shared/reference/upstream-spec.md` §5). A `Benchmark` says where its question file and images
+(those of LLaVA-1.5's `scripts/v1_5/eval/*.sh`). A `Benchmark` says where its question file and images
 are, which prompt suffix its protocol asks for, and two functions:
 
 * `prepare(bench, paths)` reads the benchmark's own question file and returns LLaVA question rows
@@ -16,7 +16,6 @@ up in `eval/README.md`.
 
 from __future__ import annotations
 
-import glob
 import json
 import statistics
 from collections import Counter, defaultdict
@@ -36,11 +35,11 @@ from .metrics import (
     vqa_accuracy,
     vstar_accuracy,
 )
+from .vstar_bench import read_vstar_bench
 
 SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
 OPTION_LETTER_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
 IMAGE_PLACEHOLDER = "<image>"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
 
 @dataclass(frozen=True)
@@ -211,6 +210,8 @@ def prepare_sqa(bench: Benchmark, paths: BenchPaths) -> Prepared:
 
     The first human turn without `<image>`, stripped, plus the option-letter suffix; records with an
     image get it (the answerer puts `<image>\\n` in front), text-only records are asked without.
+    Each row also names that suffix as its `instruction`: Chain-of-Spot's ScienceQA evaluation quotes
+    the question without it in both stages and appends it after the stage-2 quote (`cos`, `fast`).
     """
     notes: dict[str, Any] = {"text_only": 0}
     rows = []
@@ -219,7 +220,7 @@ def prepare_sqa(bench: Benchmark, paths: BenchPaths) -> Prepared:
         if "id" not in rec or not turns or "value" not in turns[0]:
             raise ValueError(f"{where}: ScienceQA record needs `id` and a first conversation turn")
         text = turns[0]["value"].replace(IMAGE_PLACEHOLDER, "").strip() + bench.suffix
-        row = {"question_id": rec["id"], "text": text}
+        row = {"question_id": rec["id"], "text": text, "instruction": bench.suffix}
         if rec.get("image"):
             row["image"] = rec["image"]
         else:
@@ -229,42 +230,26 @@ def prepare_sqa(bench: Benchmark, paths: BenchPaths) -> Prepared:
 
 
 def prepare_vstar(bench: Benchmark, paths: BenchPaths) -> Prepared:
-    """V*Bench folder: `<category>/<stem>.json` (`question`, `options`, options[0] correct) + `<stem>.<img>`.
+    """V*Bench folder (read by `eval.vstar_bench`) → question rows with `options` (options[0] correct).
 
-    A json that is not a usable question (no question, fewer than two options) is skipped and counted;
-    a question whose image is missing is kept, so the answerer records it as an image error.
+    A json that is not a usable question (no question, fewer than two options, ...) is skipped and
+    counted; a question whose image is missing is kept, so the answerer records it as an image error.
     """
-    notes: dict[str, Any] = {"invalid_records": 0, "invalid_examples": []}
-    rows = []
-    categories = sorted(d for d in paths.bench_dir.iterdir() if d.is_dir() and d.name != "answers")
-    for category in categories:
-        for meta in sorted(category.glob("*.json")):
-            try:
-                ann = json.loads(meta.read_text(encoding="utf-8"))
-                question, options = ann["question"], ann["options"]
-                if not isinstance(question, str) or not isinstance(options, list) or len(options) < 2:
-                    raise ValueError("needs a question string and at least two options")
-                options = [str(o) for o in options]
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                notes["invalid_records"] += 1
-                if len(notes["invalid_examples"]) < 5:
-                    notes["invalid_examples"].append(f"{meta}: {e!r}")
-                continue
-            # The image is the file with the json's stem (not `split('.')[0]`, which breaks on dotted folders).
-            images = sorted(
-                p.name
-                for p in category.glob(glob.escape(meta.stem) + ".*")
-                if p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            rows.append(
-                {
-                    "question_id": f"{category.name}/{meta.stem}",
-                    "image": f"{category.name}/{images[0] if images else meta.stem + '.jpg'}",
-                    "text": question,
-                    "options": options,
-                    "category": category.name,
-                }
-            )
+    bench_data = read_vstar_bench(paths.bench_dir)
+    notes: dict[str, Any] = {
+        "invalid_records": len(bench_data.invalid),
+        "invalid_examples": bench_data.invalid[:5],
+    }
+    rows = [
+        {
+            "question_id": q.question_id,
+            "image": f"{q.category}/{q.image.name}",
+            "text": q.question,
+            "options": q.options,
+            "category": q.category,
+        }
+        for q in bench_data.questions
+    ]
     if not rows:
         raise FileNotFoundError(f"no V*Bench questions (<category>/<stem>.json) under {paths.bench_dir}")
     return Prepared(rows, notes)

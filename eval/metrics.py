@@ -1,7 +1,7 @@
 """Benchmark metrics that reproduce the reference evaluators LLaVA-1.5 numbers are reported with.
 
-Every function here follows the definitions in ``shared/reference/metrics.md``, including the quirks of the
-reference code (e.g. the VQA period regex, the POPE case-sensitive parser), because a "cleaner" metric would
+Every function here follows the reference evaluators' definitions (written up with each benchmark's protocol
+card in ``eval/README.md``), including the quirks of the reference code (e.g. the VQA period regex, the POPE case-sensitive parser), because a "cleaner" metric would
 not be comparable with published numbers. The VQA normalisation tables are loaded from
 ``vqa_normalization.json`` next to this file (a byte-for-byte copy of the reference tables).
 """

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .answers import answered_ids, merge_files, read_answers
 from .benchmarks import BENCHMARKS, Benchmark, BenchPaths, ScoreInput, source_id
+from .vstar_bench import VSTAR_DEFAULT_IMAGE_VIEW, VSTAR_IMAGE_VIEWS
 
 REPO = Path(__file__).resolve().parents[1]
 SIBLINGS = (REPO, REPO / "RoiLLaVA", REPO / "SwiLLaVA", REPO / "SegLLaVA")
@@ -56,8 +57,10 @@ class RunConfig:
     chunk_idx: int = 0
     conv_mode: str = "vicuna_v1"
     device: str | None = None  # None: cuda when available, decided where a model is loaded
-    roi_wording: str = "where"
+    roi_wording: str | None = None  # with a ROI adapter: resolved from its record (or --roi-wording)
+    roi_wording_source: str | None = None
     roi_max_new_tokens: int = 128
+    vstar_image_view: str = VSTAR_DEFAULT_IMAGE_VIEW
     max_answer_words: int | None = None  # None: the benchmark's default
     score_only: bool = False
     no_score: bool = False
@@ -97,6 +100,9 @@ def resolve_paths(bench: Benchmark, args: argparse.Namespace, ckpt: str) -> Benc
 
 
 def build_parser() -> argparse.ArgumentParser:
+    ensure_siblings_importable()
+    from roillava.wording import ROI_WORDINGS
+
     p = argparse.ArgumentParser(
         prog="eval.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -129,7 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conv-mode", default="vicuna_v1")
     p.add_argument("--temperature", type=float, default=0.0, help="only greedy decoding (0) is supported")
     p.add_argument("--device", default=None, help="default cuda when available, else cpu")
-    p.add_argument("--roi-wording", choices=("where", "what"), default="where")
+    p.add_argument(
+        "--roi-wording",
+        choices=ROI_WORDINGS,
+        default=None,
+        help="ROI stage-1 wording; default: the one the ROI checkpoint records (else Chain-of-Spot's 'what')",
+    )
+    p.add_argument(
+        "--vstar-image-view",
+        choices=VSTAR_IMAGE_VIEWS,
+        default=VSTAR_DEFAULT_IMAGE_VIEW,
+        help="V*Bench: the image the options are scored on without evidence (SEAL: unpadded)",
+    )
     p.add_argument("--roi-max-new-tokens", type=int, default=128)
     p.add_argument(
         "--max-answer-words", type=int, default=None, help="longer predictions are counted as too long"
@@ -152,6 +169,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         raise SystemExit("--mode fast needs --switch-path (and --roi-path / --seg-path for its evidence)")
     if not 0 <= args.chunk_idx < args.num_chunks:
         raise SystemExit(f"--chunk-idx {args.chunk_idx} outside 0..{args.num_chunks - 1}")
+    from roillava.wording import resolve_roi_wording  # torch-free
+
+    roi_wording, roi_wording_source = args.roi_wording, None
+    if args.roi_path and args.mode in ("cos", "fast"):
+        try:
+            roi_wording, roi_wording_source = resolve_roi_wording(args.roi_path, args.roi_wording)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     return RunConfig(
         bench=args.bench,
         mode=args.mode,
@@ -168,8 +193,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         chunk_idx=args.chunk_idx,
         conv_mode=args.conv_mode,
         device=args.device,
-        roi_wording=args.roi_wording,
+        roi_wording=roi_wording,
+        roi_wording_source=roi_wording_source,
         roi_max_new_tokens=args.roi_max_new_tokens,
+        vstar_image_view=args.vstar_image_view,
         max_answer_words=args.max_answer_words,
         score_only=args.score_only or args.answers_file is not None,
         no_score=args.no_score,
@@ -206,6 +233,7 @@ def fast_command(cfg: RunConfig, bench: Benchmark, paths: BenchPaths, out: Path)
     """The composed agent's CLI (`python -m fast`, issue 6) for this chunk."""
     if bench.likelihood:
         what = ["--vstar", "--bench-folder", str(paths.bench_dir)]
+        what += ["--option-image-view", cfg.vstar_image_view]
     else:
         what = ["--question-file", str(paths.prepared), "--image-folder", str(paths.image_folder)]
         what += ["--max-new-tokens", str(cfg.max_new_tokens or bench.max_new_tokens)]
@@ -221,6 +249,8 @@ def fast_command(cfg: RunConfig, bench: Benchmark, paths: BenchPaths, out: Path)
             cmd += [flag, path]
     if cfg.evidence:
         cmd += ["--evidence", cfg.evidence]
+    if cfg.roi_path and cfg.roi_wording_source == "requested":  # else the agent reads the same record
+        cmd += ["--roi-wording", cfg.roi_wording]
     return [sys.executable, "-m", "fast", *cmd]
 
 
@@ -249,14 +279,14 @@ def answer_chunk(cfg: RunConfig, bench: Benchmark, paths: BenchPaths) -> dict:
             raise SystemExit(f"fast mode failed (exit {rc}): {' '.join(cmd)}")
         return {"seconds": time.perf_counter() - start}
     from roillava.answer import answer_file
-    from roillava.roi import RoiConfig, roi_answer_file
+    from roillava.roi import DEFAULT_ROI_WORDING, RoiConfig, roi_answer_file
 
     from .vstar import vstar_answer_file
 
     model, processor = load_model(cfg)
     max_new = cfg.max_new_tokens or bench.max_new_tokens
     roi_config = RoiConfig(
-        wording=cfg.roi_wording,
+        wording=cfg.roi_wording or DEFAULT_ROI_WORDING,  # set whenever a ROI adapter is used (cos)
         template=cfg.conv_mode,
         roi_max_new_tokens=cfg.roi_max_new_tokens,
         max_new_tokens=max_new,
@@ -271,8 +301,9 @@ def answer_chunk(cfg: RunConfig, bench: Benchmark, paths: BenchPaths) -> dict:
     args = (model, processor, str(paths.prepared), str(paths.image_folder), str(out))
     if bench.likelihood:
         return vstar_answer_file(
-            *args, mode=cfg.mode, roi_config=roi_config, template=cfg.conv_mode, **common
-        )
+            *args, mode=cfg.mode, roi_config=roi_config, template=cfg.conv_mode,
+            image_view=cfg.vstar_image_view, **common,
+        )  # fmt: skip
     if cfg.mode == "cos":
         return roi_answer_file(*args, config=roi_config, **common)
     return answer_file(*args, template=cfg.conv_mode, max_new_tokens=max_new, **common)

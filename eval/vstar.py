@@ -1,16 +1,21 @@
 """V*Bench by likelihood for the `s1` and `cos` modes: the option with the lowest mean token loss is chosen.
 
 Both modes reuse the System-1 answerer's resumable loop (`run_questions`: chunks, resume, missing
-images recorded, not fatal). `s1` scores the options after `"<image>\\n" + question` (SEAL's prompt,
-the image padded to a square); `cos` first asks the ROI adapter for the region of interest, then scores
-the options after the Chain-of-Spot stage-2 prompt (global image + crop). Each answer row's `text` is the
-chosen option and its `metadata` holds `option_losses` (in the file's option order) and `choice`.
+images recorded, not fatal). `s1` scores the options after `"<image>\\n" + question` (SEAL's prompt) on
+the image in `image_view`: by default unpadded, through the plain CLIP processor, as SEAL scores a
+question it does not search and as the FaST release scores every question (`eval/vstar_bench.py`).
+`cos` first asks the ROI adapter for the region of interest, then scores the options after the
+Chain-of-Spot stage-2 prompt (global image + crop), both images padded as Chain-of-Spot always does.
+Each answer row's `text` is the chosen option and its `metadata` holds `option_losses` (in the file's
+option order), `choice` and `image_view`.
 """
 
 from __future__ import annotations
 
 from roillava.answer import build_prompt, generate, option_losses, run_questions
 from roillava.roi import RoiConfig, parse_roi_box, stage1_prompt, stage2_prompt
+
+from .vstar_bench import VSTAR_DEFAULT_IMAGE_VIEW, check_image_view, vstar_pixel_values
 
 
 def _choice(options: list[str], losses: list[float]) -> tuple[str, dict]:
@@ -33,10 +38,12 @@ def vstar_answer_file(
     num_chunks: int = 1,
     chunk_idx: int = 0,
     progress: bool = True,
+    image_view: str = VSTAR_DEFAULT_IMAGE_VIEW,
 ) -> dict:
     """Likelihood answers for prepared V*Bench questions (rows carry `options`)."""
     if mode not in ("s1", "cos"):
         raise ValueError(f"V*Bench in-process modes are s1 and cos, got {mode!r}")
+    check_image_view(image_view)
     roi_config = roi_config or RoiConfig()
     cfg = {"tokenizer": processor.tokenizer, "model_config": model.config}
 
@@ -44,7 +51,11 @@ def vstar_answer_file(
         out = []
         for q, ims in zip(rows, images):
             prompt = build_prompt(q["text"], ims, template=template, **cfg)
-            out.append(_choice(q["options"], option_losses(model, processor, prompt, q["options"])))
+            pixels = vstar_pixel_values(processor.image_processor, ims, image_view) if ims else None
+            text, meta = _choice(
+                q["options"], option_losses(model, processor, prompt, q["options"], pixels=pixels)
+            )
+            out.append((text, {**meta, "image_view": image_view}))
         return out
 
     def solve_cos(rows: list[dict], images: list[list]) -> list[tuple[str, dict]]:
@@ -57,7 +68,16 @@ def vstar_answer_file(
             prompt = stage2_prompt(q["text"], ims[0], roi_text, roi, **kw)
             text, meta = _choice(q["options"], option_losses(model, processor, prompt, q["options"]))
             out.append(
-                (text, {**meta, "roi_box": list(roi.box), "roi_text": roi_text, "fallback": roi.reason})
+                (
+                    text,
+                    {
+                        **meta,
+                        "roi_box": list(roi.box),
+                        "roi_text": roi_text,
+                        "fallback": roi.reason,
+                        "image_view": "padded",
+                    },
+                )
             )
         return out
 
@@ -71,5 +91,5 @@ def vstar_answer_file(
         num_chunks=num_chunks,
         chunk_idx=chunk_idx,
         progress=progress,
-        error_metadata={"option_losses": None, "choice": None},
+        error_metadata={"option_losses": None, "choice": None, "image_view": None},
     )

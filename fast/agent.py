@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from eval.vstar_bench import vstar_pixel_values
 from roillava.answer import build_prompt as build_llava_prompt
 from roillava.answer import generate as llava_generate
 from roillava.boxes import PaddedFrame, expand_to_square
@@ -59,7 +60,12 @@ from .trace import ObjectEvidence, Trace, mask_to_rle, tight_box
 
 @dataclass
 class Request:
-    """One question: its id, text, image (None when the image could not be read) and MC options."""
+    """One question: its id, text, image (None when the image could not be read) and MC options.
+
+    `instruction`: a protocol instruction that follows the question (ScienceQA's option-letter line);
+    the switch reads question + instruction, the ROI adapter quotes the question alone, as
+    Chain-of-Spot's ScienceQA evaluation does.
+    """
 
     question_id: str
     question: str
@@ -67,6 +73,7 @@ class Request:
     image_path: str | None = None
     options: list[str] | None = None
     error: str | None = None
+    instruction: str = ""
 
 
 @dataclass
@@ -154,7 +161,7 @@ class FastAgent:
         traces = [
             Trace(
                 r.question_id,
-                r.question,
+                r.question + r.instruction,
                 r.image_path,
                 cfg.mode,
                 cfg.evidence,
@@ -204,9 +211,9 @@ class FastAgent:
                 for i, text in zip(free, texts):
                     traces[i].answer = text
             if mc:
-                pixels = proc.image_processor([requests[i].image for i in mc], return_tensors="pt")[
-                    "pixel_values"
-                ]
+                pixels = vstar_pixel_values(
+                    proc.image_processor, [requests[i].image for i in mc], self.config.option_image_view
+                )
                 losses = clock.run(
                     "system1", mc,
                     lambda: llava_option_losses_batch(
@@ -218,6 +225,11 @@ class FastAgent:
 
     # --- FaST ---------------------------------------------------------------------------------------
     def _question(self, r: Request) -> str:
+        """What the switch is asked: the question, its protocol instruction, the configured suffix."""
+        return r.question + r.instruction + self.config.question_suffix
+
+    def _roi_question(self, r: Request) -> str:
+        """What the ROI adapter quotes in its stage-1 prompt: the question without the instruction."""
         return r.question + self.config.question_suffix
 
     def _fast(self, requests, traces, live, clock) -> None:
@@ -266,9 +278,18 @@ class FastAgent:
                 self._choose(traces[i], row)
 
     def _evidence_prompt(self, request: Request, trace: Trace):
-        """The switch's prompt for the final answer: with SEAL's evidence on System 2, plain otherwise."""
-        objects = self._objects(trace) if trace.system == "system2" else []
-        return self.model.switch.build_prompt(request.image, self._question(request), objects)
+        """The switch's prompt for the final answer: with SEAL's evidence on System 2, plain otherwise.
+
+        Options scored without evidence see the image in `option_image_view` (SEAL: unpadded).
+        """
+        switch = self.model.switch
+        if trace.system == "system2":
+            return switch.build_prompt(request.image, self._question(request), self._objects(trace))
+        pixels = None
+        if request.options is not None and self.config.option_image_view != "padded":
+            view = self.config.option_image_view
+            pixels = vstar_pixel_values(switch.processor.image_processor, [request.image], view)[0]
+        return switch.build_prompt(request.image, self._question(request), pixel_values=pixels)
 
     def _decide(self, requests, traces, live, clock) -> list[int]:
         """The switch's decision for every question; returns the rows that go to System 2.
@@ -282,6 +303,9 @@ class FastAgent:
         sentence = switch.tokenizer(MISSING_OBJECTS_PREFIX, add_special_tokens=False).input_ids
         prompts = [switch.build_prompt(requests[i].image, self._question(requests[i])) for i in live]
         forced = cfg.mode == "system2_always"
+        # Options share the probe's padded prefill only when they are to be scored on that view;
+        # otherwise System-1 rows are scored afterwards on their own view (`_evidence_prompt`).
+        share_options = cfg.option_image_view == "padded"
         if forced or cfg.switch_decision == "prefix":
             how = "forced" if forced else "prefix"
             result = clock.run(
@@ -290,7 +314,7 @@ class FastAgent:
                 lambda: switch_pass(
                     switch, prompts, sentence, force=forced, max_new_tokens=cfg.switch_max_new_tokens,
                     direct_rows=[k for k, i in enumerate(live) if requests[i].options is None],
-                    options={k: requests[i].options for k, i in enumerate(live) if requests[i].options is not None},
+                    options={k: requests[i].options for k, i in enumerate(live) if requests[i].options is not None and share_options},
                 ),
             )  # fmt: skip
             starts = dict(zip(live, result.starts))
@@ -326,7 +350,7 @@ class FastAgent:
         model = self.model
         model.use(ROI)
         kw = {"processor": model.roi_processor, "model_config": model.core.config, "config": model.roi_config}
-        prompts = [stage1_prompt(self._question(requests[i]), requests[i].image, **kw) for i in rows]
+        prompts = [stage1_prompt(self._roi_question(requests[i]), requests[i].image, **kw) for i in rows]
         texts = clock.run(
             "roi", rows,
             lambda: llava_generate(model.peft, model.roi_processor, prompts, max_new_tokens=model.roi_config.roi_max_new_tokens),

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from eval.vstar_bench import VSTAR_DEFAULT_IMAGE_VIEW, VSTAR_IMAGE_VIEWS
+
 from .agent import FastAgent
 from .config import EVIDENCE_MODES, AgentConfig
 from .run import answer_question_file, answer_vstar, config_path_for, save_overlay
@@ -58,6 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="segment on the whole image an object the proposed region yields no mask for",
     )
+    run.add_argument(
+        "--roi-wording",
+        default=None,
+        choices=("where", "what"),
+        help="the ROI adapter's stage-1 wording (default: the one it records, else Chain-of-Spot's 'what')",
+    )
+    run.add_argument(
+        "--option-image-view",
+        default=VSTAR_DEFAULT_IMAGE_VIEW,
+        choices=VSTAR_IMAGE_VIEWS,
+        help="image of the options scored without evidence (V*Bench; SEAL and the FaST release: unpadded)",
+    )
     run.add_argument("--batch-size", type=int, default=8)
     run.add_argument("--num-chunks", type=int, default=1)
     run.add_argument("--chunk-idx", type=int, default=0)
@@ -94,6 +108,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         answer_max_new_tokens=args.max_new_tokens,
         question_suffix=args.question_suffix,
         batch_size=args.batch_size,
+        roi_wording=args.roi_wording,
+        option_image_view=args.option_image_view,
     )
 
 
@@ -130,6 +146,11 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     record = {"agent_config": json.loads(config.to_json()), "memory": agent.model.memory.as_dict()}
+    if config.roi:
+        record["roi_wording"] = {
+            "wording": agent.model.roi_config.wording,
+            "source": agent.model.roi_wording_source,
+        }
     Path(args.answers_file).parent.mkdir(parents=True, exist_ok=True)
     config_path_for(args.answers_file).write_text(json.dumps(record, indent=1))
     common = {

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from eval.vstar_bench import VSTAR_DEFAULT_IMAGE_VIEW, VSTAR_IMAGE_VIEWS
+
 EVIDENCE_MODES = ("roi", "seg", "roi+seg")
 MODES = ("fast", "system2_always", "system1")
 CONFIG_FILE_SUFFIX = ".config.json"
@@ -29,6 +31,11 @@ class AgentConfig:
     answer `"[SEG]."` (one pass, always a mask), "generate" decodes and uses the first `[SEG]`.
     `seg_retry_whole_image`: an object the proposed region yields no mask for is segmented again on the
     whole image (a region that misses the object would otherwise leave only the region as its box).
+    `roi_wording`: the ROI adapter's stage-1 wording ("where" | "what"); None: the one the adapter
+    records (else Chain-of-Spot's "what"). `option_image_view`: how the image is shown when options are
+    scored without object evidence (System-1 rows): "unpadded" (SEAL's V*Bench evaluation and the FaST
+    release: plain CLIP resize + centre crop) or "padded" (the mean-colour square every other prompt
+    uses). System-2 rows, whose prompt carries evidence, always see the padded image, as in SEAL.
     """
 
     base: str
@@ -53,6 +60,8 @@ class AgentConfig:
     seg_retry_whole_image: bool = True
     mask_threshold: float = 0.0
     batch_size: int = 8
+    roi_wording: str | None = None
+    option_image_view: str = VSTAR_DEFAULT_IMAGE_VIEW
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -70,6 +79,12 @@ class AgentConfig:
             raise ValueError(f"switch_decision must be prefix or generate, got {self.switch_decision!r}")
         if self.seg_decoding not in ("teacher", "generate"):
             raise ValueError(f"seg_decoding must be teacher or generate, got {self.seg_decoding!r}")
+        if self.roi_wording not in (None, "where", "what"):
+            raise ValueError(f"roi_wording must be where or what, got {self.roi_wording!r}")
+        if self.option_image_view not in VSTAR_IMAGE_VIEWS:
+            raise ValueError(
+                f"option_image_view must be one of {VSTAR_IMAGE_VIEWS}, got {self.option_image_view!r}"
+            )
         if "{name}" not in self.seg_prompt:
             raise ValueError(f"seg_prompt must contain {{name}}, got {self.seg_prompt!r}")
 

@@ -29,6 +29,8 @@ from transformers import LlavaForConditionalGeneration
 
 from roillava.model import llava_processor
 from roillava.roi import RoiConfig
+from roillava.wording import TRAIN_CONFIG_FILE as ROI_TRAIN_CONFIG_FILE
+from roillava.wording import resolve_roi_wording
 from swillava.conversation import OBJECT_PLACEHOLDER
 from swillava.infer import SwitchAdapter
 from swillava.model import OBJECT_PROJECTOR, SwiConfig, SwiLLaVA, attach_object_projector
@@ -38,7 +40,6 @@ from .vision_cache import VisionMemo
 
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
-ROI_TRAIN_CONFIG_FILE = "roillava_train_config.json"
 SWITCH, ROI, SEG = "switch", "roi", "seg"
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -191,15 +192,20 @@ class MemoryReport:
         )
 
 
-def read_roi_config(directory: str | Path, *, max_new_tokens: int) -> RoiConfig:
-    """The ROI prompt wording and template the adapter was trained with (from its run config)."""
+def read_roi_config(
+    directory: str | Path, *, max_new_tokens: int, wording: str | None = None
+) -> tuple[RoiConfig, str]:
+    """The ROI prompt (wording, template) to ask the adapter with, and why that wording.
+
+    The wording is `wording` when given, else the one the adapter records (our run config, or
+    `roi_wording` in a converted checkpoint's config.json), else Chain-of-Spot's evaluation wording.
+    """
     path = Path(directory) / ROI_TRAIN_CONFIG_FILE
-    wording, template = "where", "vicuna_v1"
+    template = "vicuna_v1"
     if path.is_file():
-        run = json.loads(path.read_text())
-        wording = run.get("data", {}).get("roi_wording", wording)
-        template = run.get("model", {}).get("version", template)
-    return RoiConfig(wording=wording, template=template, roi_max_new_tokens=max_new_tokens)
+        template = json.loads(path.read_text()).get("model", {}).get("version", template)
+    wording, why = resolve_roi_wording(directory, wording)
+    return RoiConfig(wording=wording, template=template, roi_max_new_tokens=max_new_tokens), why
 
 
 class FastModel:
@@ -249,7 +255,9 @@ class FastModel:
         if config.roi:
             peft_model, _ = attach_lora_adapter(peft_model, config.roi, ROI)
             self.roi_processor = processors[ROI]
-            self.roi_config = read_roi_config(config.roi, max_new_tokens=config.roi_max_new_tokens)
+            self.roi_config, self.roi_wording_source = read_roi_config(
+                config.roi, max_new_tokens=config.roi_max_new_tokens, wording=config.roi_wording
+            )
         self.sam = None
         if config.seg:
             from .seg import SEG_TOKEN, SegStage

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval.benchmarks import load_question_rows
+from eval.vstar_bench import read_vstar_bench
 from roillava.answer import append_lines, batched, chunk, read_done
 from roillava.data import open_image
+from roillava.roi import split_instruction
 
 from .agent import FastAgent, Request
 from .trace import Trace, draw_overlay
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
 def traces_path_for(answers_file: str | Path) -> Path:
@@ -80,7 +80,10 @@ class _Item:
 
 
 def _load_requests(items: list[tuple[dict, Path | None, str, list[str] | None]]) -> Iterator[_Item]:
-    for row, image_path, question, options in items:
+    for row, image_path, text, options in items:
+        # A protocol instruction at the end of the text (ScienceQA's option-letter line) stays out of
+        # the ROI adapter's quoted question (`Request.instruction`).
+        question, instruction = split_instruction(text, row.get("instruction"))
         image, error = None, None
         if image_path is not None:
             try:
@@ -98,6 +101,7 @@ def _load_requests(items: list[tuple[dict, Path | None, str, list[str] | None]])
                 str(image_path) if image_path else None,
                 options,
                 error,
+                instruction,
             ),
         )
 
@@ -194,35 +198,19 @@ def answer_question_file(
 
 
 def vstar_items(bench_folder: str | Path) -> list[tuple[dict, Path | None, str, list[str]]]:
-    """V*Bench layout `<category>/<stem>.<img>` + `<stem>.json` (options[0] is the correct one)."""
-    root = Path(bench_folder)
-    # `answers*/` holds runs' outputs (LLaVA's layout), not questions.
-    metas = sorted(m for m in root.glob("*/*.json") if not m.parent.name.startswith("answers"))
-    if not metas:
-        raise FileNotFoundError(f"no V*Bench questions (<category>/<stem>.json) under {root}")
+    """V*Bench questions (`eval.vstar_bench`, options[0] correct); an unusable record is an error."""
+    bench = read_vstar_bench(bench_folder)
+    bench.raise_if_invalid()
     items = []
-    for meta in metas:
-        try:
-            ann = json.loads(meta.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{meta}: invalid JSON: {e}") from None
-        for key in ("question", "options"):
-            if key not in ann:
-                raise ValueError(f"{meta}: no {key!r}")
-        if not isinstance(ann["options"], list) or len(ann["options"]) < 2:
-            raise ValueError(f"{meta}: 'options' must list at least two answers")
-        images = [p for p in meta.parent.glob(meta.stem + ".*") if p.suffix.lower() in IMAGE_SUFFIXES]
+    for q in bench.questions:
         row = {
-            "question_id": f"{meta.parent.name}/{meta.stem}",
-            "text": ann["question"],
-            "category": meta.parent.name,
-            "target_object": ann.get("target_object", []),
-            "bbox": ann.get("bbox", []),
+            "question_id": q.question_id,
+            "text": q.question,
+            "category": q.category,
+            "target_object": q.target_object,
+            "bbox": q.bbox,
         }
-        if len(images) > 1:
-            raise ValueError(f"{meta}: several images named {meta.stem}.*: {sorted(p.name for p in images)}")
-        image = images[0] if images else meta.with_suffix(".jpg")  # a missing image is a per-question error
-        items.append((row, image, ann["question"], [str(o) for o in ann["options"]]))
+        items.append((row, q.image, q.question, q.options))  # a missing image is a per-question error
     return items
 
 
@@ -249,6 +237,10 @@ def answer_vstar(
             "option_losses": losses,
             "choice": None if losses is None else min(range(len(losses)), key=losses.__getitem__),
             "correct": losses is not None and trace.answer == item.request.options[0],
+            # the image the options were scored on: System 2 (with evidence) always the padded one
+            "image_view": None
+            if losses is None
+            else ("padded" if trace.system == "system2" else agent.config.option_image_view),
             "bbox": item.row["bbox"],
             "target_object": item.row["target_object"],
         }

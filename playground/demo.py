@@ -270,6 +270,9 @@ AGENT_KNOBS = {
     "roi_max_new_tokens": 32,
     "answer_max_new_tokens": 8,
     "batch_size": 32,  # System-2 rows are a third of each batch: larger batches keep those stages batched
+    # The toy V*Bench is not V*Bench: its targets lie anywhere on non-square canvases, which the centre
+    # crop of SEAL's unpadded view would cut off, and the toy models saw padded images only.
+    "option_image_view": "padded",
 }
 REPORT_OVERLAYS = 4
 

@@ -12,6 +12,7 @@ from transformers import LlavaForConditionalGeneration
 
 from roillava.answer import load_for_inference
 from roillava.model import find_projector
+from roillava.roi import resolve_roi_wording
 
 
 def test_finetune_lora_two_steps_saves_adapter_with_projector(tiny_base, toy_world, tmp_path):
@@ -46,6 +47,7 @@ def test_finetune_lora_two_steps_saves_adapter_with_projector(tiny_base, toy_wor
 
     config = json.loads((out / "roillava_train_config.json").read_text())
     assert config["data"]["roi_data_path"] == env["ROI_DATA"] and config["data"]["roi_wording"] == "where"
+    assert resolve_roi_wording(out)[0] == "where"  # asked at test time as it was trained
     assert config["training"]["mm_projector_lr"] == 1e-2 and config["training"]["lora_enable"] is True
     summary = json.loads((out / "data_summary.json").read_text())
     assert summary["roi_questions"] == 3 * toy_world["size"].train and summary["roi_missing"] == 0

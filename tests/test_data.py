@@ -67,9 +67,12 @@ GOOD = {
         (
             {
                 "image": "train/000000.jpg",
+                # two turns with an image each (within one turn LLaVA keeps a single <image>)
                 "conversations": [
-                    {"from": "human", "value": "<image> <image> q"},
+                    {"from": "human", "value": "<image> q"},
                     {"from": "gpt", "value": "a"},
+                    {"from": "human", "value": "r <image>"},
+                    {"from": "gpt", "value": "b"},
                 ],
             },
             "2 <image> placeholders but 1 images",

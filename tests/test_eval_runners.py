@@ -482,3 +482,66 @@ def test_vstar_scoring(eval_root):
     ]  # qids[4], qids[5] unanswered: unscorable.  Right 2 of 6 = 33.33
     m = score("vstar", eval_root, answers)["metrics"]
     assert m["score"] == pytest.approx(33.33) and m["unscorable_answers"] == 3
+
+
+def test_vstar_s1_scores_options_on_the_unpadded_image(tiny_base, eval_root):
+    """SEAL's view of a question it does not search: the image as read through a plain CLIP processor
+    (shortest side, centre crop); `--vstar-image-view padded` is recorded and changes the losses."""
+    from transformers import CLIPImageProcessor
+
+    from eval.vstar_bench import read_vstar_bench
+    from roillava.answer import build_prompt, load_for_inference, option_losses
+    from roillava.data import open_image
+
+    summary = run("vstar", tiny_base, eval_root, "--ckpt-name", "view-unpadded")
+    assert summary["config"]["vstar_image_view"] == "unpadded"
+    rows = {
+        r["question_id"]: r for r in map(json.loads, Path(summary["answers_file"]).read_text().splitlines())
+    }
+    model, processor = load_for_inference(str(tiny_base))
+    ip = processor.image_processor
+    seal = CLIPImageProcessor(
+        size=ip.size,
+        crop_size=ip.crop_size,
+        image_mean=ip.image_mean,
+        image_std=ip.image_std,
+        resample=ip.resample,
+    )
+    questions = read_vstar_bench(eval_root / "vstar_bench").questions
+    assert any(
+        Image.open(q.image).size[0] != Image.open(q.image).size[1] for q in questions
+    )  # padding matters
+    for q in questions:
+        image = open_image(q.image)
+        prompt = build_prompt(
+            q.question,
+            [image],
+            tokenizer=processor.tokenizer,
+            model_config=model.config,
+            template="vicuna_v1",
+        )
+        pixels = seal([image], return_tensors="pt")["pixel_values"]
+        expected = option_losses(model, processor, prompt, q.options, pixels=pixels)
+        meta = rows[q.question_id]["metadata"]
+        assert meta["image_view"] == "unpadded" and meta["option_losses"] == pytest.approx(expected, abs=1e-5)
+    padded = run("vstar", tiny_base, eval_root, "--ckpt-name", "view-padded", "--vstar-image-view", "padded")
+    assert padded["config"]["vstar_image_view"] == "padded"
+    padded_rows = {
+        r["question_id"]: r for r in map(json.loads, Path(padded["answers_file"]).read_text().splitlines())
+    }
+    assert all(r["metadata"]["image_view"] == "padded" for r in padded_rows.values())
+    assert any(
+        padded_rows[q]["metadata"]["option_losses"]
+        != pytest.approx(rows[q]["metadata"]["option_losses"], abs=1e-5)
+        for q in rows
+    )
+
+
+def test_sqa_cos_mode_records_the_roi_wording(tiny_base, eval_root):
+    """ScienceQA in two stages (the option-letter line after the stage-2 quote); the tiny base records no
+    ROI wording, so it is asked with Chain-of-Spot's evaluation wording, and the run config says why."""
+    summary = run("sqa", tiny_base, eval_root, "--mode", "cos", "--roi-path", str(tiny_base),
+                  "--roi-max-new-tokens", "4", "--ckpt-name", "sqa-cos")  # fmt: skip
+    assert summary["answer_check"]["answered"] == 3
+    assert summary["config"]["roi_wording"] == "what"
+    assert "not recorded" in summary["config"]["roi_wording_source"]

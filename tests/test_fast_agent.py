@@ -18,7 +18,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration, SamModel
+from transformers import (
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPImageProcessor,
+    LlavaForConditionalGeneration,
+    SamModel,
+)
 
 from fast.agent import FastAgent, Request, _Clock, padded_crop_bounds, paste_region_mask, region_pixel_box
 from fast.config import AgentConfig
@@ -496,27 +502,94 @@ def test_multiple_choice_scores_options_by_likelihood(fast_model, image):
         image, QUESTION, options, [(o.name, o.box) for o in trace.objects]
     )
     assert trace.option_losses == pytest.approx(direct, abs=1e-4)
-    # System 1 only: the base model, scored by full recomputation of prompt + option, one option at a time
+    # System 1 only: the base model, scored by full recomputation of prompt + option, one option at a time,
+    # on the unpadded image through a plain CLIP processor (SEAL's view) by default, else on the padded one
     other = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    s1 = agent(fast_model, mode="system1").answer_batch(
-        [Request("a", QUESTION, image, options=options), Request("b", "Why?", other, options=options[:2])]
-    )
     base = LlavaForConditionalGeneration.from_pretrained(fast_model.config.base).eval()
     proc = fast_model.base_processor
-    for trace, im in zip(s1, (image, other)):
-        assert trace.system == "system1" and trace.switch_text is None
-        prompt = build_llava_prompt(
-            trace.question, [im], tokenizer=proc.tokenizer, model_config=base.config, template="v1"
+    for view in ("unpadded", "padded"):
+        s1 = agent(fast_model, mode="system1", option_image_view=view).answer_batch(
+            [Request("a", QUESTION, image, options=options), Request("b", "Why?", other, options=options[:2])]
         )
-        pixels = proc.image_processor([im], return_tensors="pt")["pixel_values"]
-        naive = []
-        for option in trace.options:
-            ids = proc.tokenizer(option, add_special_tokens=False).input_ids + [proc.tokenizer.eos_token_id]
-            with torch.no_grad():
-                logits = base(input_ids=torch.tensor([prompt.input_ids + ids]), pixel_values=pixels).logits[0]
-            n = len(prompt.input_ids)
-            naive.append(torch.nn.functional.cross_entropy(logits[n - 1 : -1], torch.tensor(ids)).item())
-        assert trace.option_losses == pytest.approx(naive, abs=1e-4)
+        for trace, im in zip(s1, (image, other)):
+            pixels = (plain_clip(proc.image_processor) if view == "unpadded" else proc.image_processor)(
+                [im], return_tensors="pt"
+            )["pixel_values"]
+            assert trace.option_losses == pytest.approx(naive_losses(base, proc, trace, im, pixels), abs=1e-4)
+
+
+def plain_clip(image_processor) -> CLIPImageProcessor:
+    """The processor SEAL scores V*Bench options with: shortest side resized, centre crop, no padding."""
+    ip = image_processor
+    return CLIPImageProcessor(
+        size=ip.size, crop_size=ip.crop_size, image_mean=ip.image_mean, image_std=ip.image_std,
+        resample=ip.resample, do_convert_rgb=True,
+    )  # fmt: skip
+
+
+def naive_losses(base, proc, trace, im, pixels) -> list[float]:
+    """Option losses by full recomputation of prompt + option, one option at a time."""
+    assert trace.system == "system1" and trace.switch_text is None
+    prompt = build_llava_prompt(
+        trace.question, [im], tokenizer=proc.tokenizer, model_config=base.config, template="v1"
+    )
+    naive = []
+    for option in trace.options:
+        ids = proc.tokenizer(option, add_special_tokens=False).input_ids + [proc.tokenizer.eos_token_id]
+        with torch.no_grad():
+            logits = base(input_ids=torch.tensor([prompt.input_ids + ids]), pixel_values=pixels).logits[0]
+        n = len(prompt.input_ids)
+        naive.append(torch.nn.functional.cross_entropy(logits[n - 1 : -1], torch.tensor(ids)).item())
+    return naive
+
+
+def test_system1_options_are_scored_on_the_unpadded_image_system2_on_the_padded(fast_model, image):
+    """SEAL scores a question it does not search on the unpadded image (plain CLIP), one it searched
+    with evidence on the padded image; the FaST release never searches. The padded view is an option."""
+    options = ["plain", "checkered"]
+    fast_model.use(SWITCH)
+    sw = fast_model.switch
+    unpadded = plain_clip(sw.processor.image_processor)([image], return_tensors="pt")["pixel_values"][0]
+    padded = sw.option_losses(image, QUESTION, options)
+    for decision in ("prefix", "generate"):
+        trace = agent(fast_model, switch_decision=decision).answer(image, QUESTION, options=options)
+        assert trace.system == "system1"
+        expected = sw.option_losses(image, QUESTION, options, pixel_values=unpadded)
+        assert trace.option_losses == pytest.approx(expected, abs=1e-4)
+        assert trace.option_losses != pytest.approx(padded, abs=1e-4)  # the view makes a difference
+        as_padded = agent(fast_model, switch_decision=decision, option_image_view="padded").answer(
+            image, QUESTION, options=options
+        )
+        assert as_padded.option_losses == pytest.approx(padded, abs=1e-4)
+    forced = agent(fast_model, mode="system2_always").answer(image, QUESTION, options=options)
+    evidence = [(o.name, o.box) for o in forced.objects]
+    assert forced.option_losses == pytest.approx(
+        sw.option_losses(image, QUESTION, options, evidence), abs=1e-4
+    )
+
+
+def test_instruction_stays_out_of_the_roi_question(fast_model, image):
+    """ScienceQA's option-letter line: the switch reads it after the question, the ROI adapter's
+    stage-1 prompt quotes the question without it (Chain-of-Spot's ScienceQA evaluation)."""
+    letter = "\nAnswer with the option's letter from the given choices directly."
+    seen: list[list[int]] = []
+    hook = fast_model.core.get_input_embeddings().register_forward_hook(
+        lambda m, i, o: seen.extend(i[0].tolist())
+    )
+    try:
+        trace = agent(fast_model, mode="system2_always", evidence="roi").answer_batch(
+            [Request("q", QUESTION, image, instruction=letter)]
+        )[0]
+    finally:
+        hook.remove()
+    tok = fast_model.base_processor.tokenizer
+    texts = [tok.decode([t for t in ids if 0 <= t < len(tok)]) for ids in seen]
+    stage1 = [t for t in texts if "region of interest" in t]
+    wording = fast_model.roi_config.wording
+    assert stage1 and all(f'question: "{QUESTION}", {wording} is the region' in t for t in stage1)
+    assert not any("option's letter" in t for t in stage1)
+    assert trace.question == QUESTION + letter
+    assert trace.evidence_prompt.endswith(QUESTION + letter)  # the switch reads it after the question
 
 
 def test_batch_equals_one_by_one(fast_model, image):

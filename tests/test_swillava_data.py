@@ -133,9 +133,17 @@ def test_feature_layout_rules():
     assert feature_layout(3, "infer") == (False, [False, False, False])
 
 
-def test_partially_outside_box_is_clamped():
-    assert check_box([-10, 90, 30, 30], 100, 100) == (0.0, 90.0, 20.0, 10.0)
-    assert location_string((0.0, 90.0, 20.0, 10.0), 100, 100) == "[0.000,0.900,0.200,1.000]"
+def test_partially_outside_box_is_kept_raw_and_clipped_only_in_crop_and_location():
+    """SEAL computes crop and location from the raw box; only their results are cut at the image / [0, 1]."""
+    assert check_box([-10, 90, 30, 30], 100, 100) == (-10.0, 90.0, 30.0, 30.0)
+    assert location_string((-10.0, 90.0, 30.0, 30.0), 100, 100) == "[0.000,0.900,0.200,1.000]"
+    # [150, 60, 100, 80] on 200x100 (padded side 200, 50 px down): y2 = (60 + 50 + 80) / 200 = 0.95;
+    # the clamped box (150, 60, 50, 40) would give (60 + 50 + 40) / 200 = 0.75.
+    box = check_box([150, 60, 100, 80], 200, 100)
+    assert location_string(box, 200, 100) == "[0.750,0.550,1.000,0.950]"
+    # get_patch: centre int(150 + 100/2) = 200, int(60 + 80/2) = 100; patch int(100*1.2) = 120 x
+    # int(80*1.2) = 96; left max(0, 200 - 60) = 140, right min(260, 200); top 100 - 48 = 52, bottom 100.
+    assert patch_bounds(box, 200, 100) == (140, 52, 200, 100)
 
 
 THREE = "<image>\nAdditional visual information to focus on: <object>; <object>; <object>.\nq?"

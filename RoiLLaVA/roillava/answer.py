@@ -173,12 +173,15 @@ def generate(
 
 
 @torch.inference_mode()
-def option_losses(model, processor, prompt: Prompt, options: list[str]) -> list[float]:
+def option_losses(
+    model, processor, prompt: Prompt, options: list[str], *, pixels: torch.Tensor | None = None
+) -> list[float]:
     """Mean cross-entropy of each option's tokens after `prompt`; the lowest is the model's choice.
 
     V*Bench's likelihood protocol: an option is tokenised as a training answer is (its own segment,
     then `</s>`) and all options run as one right-padded batch over the repeated prompt. Only the
-    logits that predict option tokens are kept.
+    logits that predict option tokens are kept. `pixels`: the prompt's images already processed
+    ([k, 3, S, S], e.g. in another view than the processor's); default: the processor on its images.
     """
     if not options:
         raise ValueError("no options to score")
@@ -196,8 +199,10 @@ def option_losses(model, processor, prompt: Prompt, options: list[str]) -> list[
         targets[row, start:end] = torch.tensor(opt)
     device = next(model.parameters()).device
     kwargs = {}
-    if prompt.images:
-        pixels = processor.image_processor(prompt.images * n, return_tensors="pt")["pixel_values"]
+    if pixels is None and prompt.images:
+        pixels = processor.image_processor(prompt.images, return_tensors="pt")["pixel_values"]
+    if pixels is not None:
+        pixels = pixels.repeat(n, 1, 1, 1)
         kwargs["pixel_values"] = pixels.to(device=device, dtype=next(model.parameters()).dtype)
     # Token j is predicted by the logits at j - 1, so keep positions start-1 .. width-2.
     out = model(

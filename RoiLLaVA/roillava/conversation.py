@@ -102,10 +102,20 @@ def tokenize_segments(
     return ids, labels
 
 
+def image_first(text: str) -> str:
+    """LLaVA's `preprocess_multimodal` on one turn: a turn holding `<image>` becomes `"<image>\\n"` + the
+    rest with every `<image>` removed and stripped, and the result is stripped again (so an image-only
+    turn is `"<image>"`). A turn that already starts with `<image>` is rewritten too: `"<image> What?"` and
+    `"<image>\\nWhat?"` both become `"<image>\\nWhat?"`, as LLaVA trains on them."""
+    if IMAGE_PLACEHOLDER not in text:
+        return text
+    return (IMAGE_PLACEHOLDER + "\n" + text.replace(IMAGE_PLACEHOLDER, "").strip()).strip()
+
+
 def llava_turns(conversations: list[dict]) -> list[tuple[str, str]]:
     """LLaVA `conversations` ([{from, value}], human first, alternating) as (user, assistant) pairs.
 
-    As in LLaVA-1.5, an `<image>` placeholder anywhere in a turn is moved to the front of that turn.
+    Each user turn is rewritten by `image_first`, as LLaVA-1.5 does.
     """
     if not conversations:
         raise ValueError("record has no conversations")
@@ -118,8 +128,5 @@ def llava_turns(conversations: list[dict]) -> list[tuple[str, str]]:
             raise ValueError(
                 f"turn {k // 2} is not a human/gpt pair: {human.get('from')!r}, {gpt.get('from')!r}"
             )
-        question = human["value"]
-        if IMAGE_PLACEHOLDER in question and not question.startswith(IMAGE_PLACEHOLDER):
-            question = IMAGE_PLACEHOLDER + "\n" + question.replace(IMAGE_PLACEHOLDER, "").strip()
-        turns.append((question, gpt["value"]))
+        turns.append((image_first(human["value"]), gpt["value"]))
     return turns

@@ -2,10 +2,18 @@
 
 Prompt wording. Chain-of-Spot trains on "... , where is the region of interest in the image?" but
 its evaluation asks "... , what is the region of interest ...", a prompt the model was not trained
-on. We use **"where"** in training and at test time: it is the wording of Chain-of-Spot's training
-code (so a model trained by the original recipe is also queried as trained), and it asks for a
-location, which is what the box answer is. `wording="what"` (`--roi_wording what` in training,
-`--roi-wording what` at test time) selects the other one.
+on. We train with **"where"** by default (`--roi_wording what` selects the other) and record the
+wording in the run config saved next to every checkpoint (`roillava_train_config.json`,
+`data.roi_wording`); a checkpoint made elsewhere may record it as `"roi_wording"` in its
+`config.json`. At test time a model is asked with the wording it records (`resolve_roi_wording`), so
+our checkpoints are asked as trained; a checkpoint that records none (e.g. Chain-of-Spot's own) is
+asked with Chain-of-Spot's evaluation wording "what", which reproduces the Chain-of-Spot paper.
+`--roi-wording` overrides both.
+
+Instruction placement. Chain-of-Spot quotes the benchmark's question text verbatim inside both
+stages, suffix included (GQA, TextVQA, ...), except for ScienceQA (and MMBench), where the
+option-letter instruction is left out of the quotes and appended after the stage-2 quote. A question
+row that carries such an `instruction` (see `split_instruction`) is asked that way.
 
 All prompts are built here and only here, so training data (`cos_data.py`) and inference can
 never drift apart.
@@ -28,20 +36,21 @@ from pathlib import Path
 from .answer import Prompt, build_prompt, build_turns_prompt, generate, run_questions
 from .boxes import crop_padded
 from .conversation import IMAGE_PLACEHOLDER
+from .wording import (  # noqa: F401  (re-exported: the ROI protocol's names live here too)
+    DEFAULT_ROI_WORDING,
+    ROI_WORDINGS,
+    TRAIN_CONFIG_FILE,
+    UNRECORDED_ROI_WORDING,
+    check_wording,
+    recorded_roi_wording,
+    resolve_roi_wording,
+)
 
-ROI_WORDINGS = ("where", "what")
-DEFAULT_ROI_WORDING = "where"
 RAW_IMAGE_PREFIX = "Now answer the following questions based on the raw image: "
 FULL_IMAGE_BOX = (0.0, 0.0, 1.0, 1.0)
 # Below 1/50 of the padded side a crop is a handful of pixels of a typical 500-640 px benchmark
 # image, blown up ~30x into blur: the global view says more.
 DEFAULT_MIN_SIDE = 0.02
-
-
-def check_wording(wording: str) -> str:
-    if wording not in ROI_WORDINGS:
-        raise ValueError(f"ROI prompt wording must be one of {ROI_WORDINGS}, got {wording!r}")
-    return wording
 
 
 def strip_image_placeholders(text: str) -> str:
@@ -50,21 +59,42 @@ def strip_image_placeholders(text: str) -> str:
 
 
 def roi_question(question: str, wording: str = DEFAULT_ROI_WORDING) -> str:
-    """Stage-1 user turn (global image first), §3.2 turn 1 / §3.4 step 1."""
+    """Stage-1 user turn (global image first): Chain-of-Spot's first training turn and evaluation prompt."""
     check_wording(wording)
     return f'{IMAGE_PLACEHOLDER}\nTo answer the question: "{question}", {wording} is the region of interest in the image?'
 
 
-def roi_answer_prompt(question: str) -> str:
-    """Stage-2 user turn: the crop is the second `<image>`, §3.2 turn 3 / §3.4 step 3."""
-    return f'The region of interest in the image is {IMAGE_PLACEHOLDER}\n. Answer the question: "{question}"'
+def roi_answer_prompt(question: str, instruction: str = "") -> str:
+    """Stage-2 user turn: the crop is the second `<image>`; `instruction` follows the closing quote."""
+    return (
+        f'The region of interest in the image is {IMAGE_PLACEHOLDER}\n. Answer the question: "{question}"'
+        + instruction
+    )
 
 
 def chain_of_spot_turns(
-    question: str, roi_text: str, answer: str | None, *, wording: str = DEFAULT_ROI_WORDING
+    question: str,
+    roi_text: str,
+    answer: str | None,
+    *,
+    wording: str = DEFAULT_ROI_WORDING,
+    instruction: str = "",
 ) -> list[tuple[str, str | None]]:
-    """The two Chain-of-Spot turns; `answer=None` leaves the final assistant turn open (inference)."""
-    return [(roi_question(question, wording), roi_text), (roi_answer_prompt(question), answer)]
+    """The two Chain-of-Spot turns; `answer=None` leaves the final assistant turn open (inference).
+
+    `instruction` (e.g. ScienceQA's `"\nAnswer with the option's letter ..."`) goes after the stage-2
+    quote only, never inside the quotes of either stage.
+    """
+    return [(roi_question(question, wording), roi_text), (roi_answer_prompt(question, instruction), answer)]
+
+
+def split_instruction(text: str, instruction: str | None) -> tuple[str, str]:
+    """(question, instruction) of a question row whose `text` ends with its `instruction`."""
+    if not instruction:
+        return text, ""
+    if not text.endswith(instruction):
+        raise ValueError(f"question text does not end with its instruction {instruction!r}: {text!r}")
+    return text[: len(text) - len(instruction)], instruction
 
 
 @dataclass(frozen=True)
@@ -157,14 +187,24 @@ def stage1_prompt(question: str, image, *, processor, model_config, config: RoiC
 
 
 def stage2_prompt(
-    question: str, image, roi_text: str, roi: RoiParse, *, processor, model_config, config: RoiConfig
+    question: str,
+    image,
+    roi_text: str,
+    roi: RoiParse,
+    *,
+    processor,
+    model_config,
+    config: RoiConfig,
+    instruction: str = "",
 ) -> Prompt:
-    """Stage 1 replayed with its answer verbatim, then the question about the crop (§3.4 step 3).
+    """Stage 1 replayed with its answer verbatim, then the question about the crop, `instruction` after it.
 
     A stray `<image>` in the generated text is removed, or it would claim a third image.
     """
     q = strip_image_placeholders(question)
-    turns = chain_of_spot_turns(q, roi_text.replace(IMAGE_PLACEHOLDER, ""), None, wording=config.wording)
+    turns = chain_of_spot_turns(
+        q, roi_text.replace(IMAGE_PLACEHOLDER, ""), None, wording=config.wording, instruction=instruction
+    )
     crop = crop_padded(image, roi.box)
     return build_turns_prompt(
         turns,
@@ -176,12 +216,21 @@ def stage2_prompt(
 
 
 def answer_two_stage(
-    model, processor, questions: list[str], images: list[list], config: RoiConfig = RoiConfig()
+    model,
+    processor,
+    questions: list[str],
+    images: list[list],
+    config: RoiConfig = RoiConfig(),
+    instructions: list[str] | None = None,
 ) -> list[TwoStageAnswer]:
     """Answer a batch: stage 1 for every question with an image, then stage 2, each as one batch.
 
-    `images[i]` is `[]` (text-only: a single plain answer, fallback "no image") or `[image]`.
+    `images[i]` is `[]` (text-only: a single plain answer to question + instruction, fallback "no
+    image") or `[image]`. `instructions[i]` goes after the stage-2 quote (`chain_of_spot_turns`).
     """
+    instructions = instructions or [""] * len(questions)
+    if len(instructions) != len(questions):
+        raise ValueError("answer_two_stage takes one instruction per question")
     results: list[TwoStageAnswer | None] = [None] * len(questions)
     visual = [i for i, ims in enumerate(images) if ims]
     text_only = [i for i, ims in enumerate(images) if not ims]
@@ -190,7 +239,7 @@ def answer_two_stage(
     if text_only:
         prompts = [
             build_prompt(
-                questions[i],
+                questions[i] + instructions[i],
                 [],
                 tokenizer=processor.tokenizer,
                 model_config=model.config,
@@ -208,7 +257,7 @@ def answer_two_stage(
         roi_texts = generate(model, processor, stage1, max_new_tokens=config.roi_max_new_tokens)
         rois = [parse_roi_box(t, config.min_side) for t in roi_texts]
         stage2 = [
-            stage2_prompt(questions[i], images[i][0], t, roi, **kw)
+            stage2_prompt(questions[i], images[i][0], t, roi, instruction=instructions[i], **kw)
             for i, t, roi in zip(visual, roi_texts, rois)
         ]
         answers = generate(model, processor, stage2, max_new_tokens=config.max_new_tokens)
@@ -234,7 +283,10 @@ def roi_answer_file(
     """The System-1 answerer's resumable loop with the two-stage solver; adds the fallback count."""
 
     def solve(rows: list[dict], images: list[list]) -> list[tuple[str, dict]]:
-        answers = answer_two_stage(model, processor, [q["text"] for q in rows], images, config)
+        split = [split_instruction(q["text"], q.get("instruction")) for q in rows]
+        answers = answer_two_stage(
+            model, processor, [q for q, _ in split], images, config, [i for _, i in split]
+        )
         return [(a.text, a.metadata) for a in answers]
 
     summary = run_questions(

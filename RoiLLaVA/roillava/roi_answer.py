@@ -2,7 +2,8 @@
 
 Batched (both stages), left-padded, greedy and resumable exactly like `roillava.answer`; writes
 LLaVA answer JSONL whose `metadata` is `{"roi_box", "roi_text", "fallback"}` (`fallback`: why the
-full image was used instead of the proposed box, or null).
+full image was used instead of the proposed box, or null). The stage-1 wording is the one the
+checkpoint records (`roi.resolve_roi_wording`) unless `--roi-wording` says otherwise.
 
     python -m roillava.roi_answer --model-path CKPT --question-file Q.jsonl --image-folder DIR \\
         --answers-file A.jsonl [--batch-size 8] [--roi-wording where|what] [--roi-min-side 0.02]
@@ -15,18 +16,22 @@ import json
 from pathlib import Path
 
 from .answer import add_answer_args, load_from_args
-from .roi import DEFAULT_MIN_SIDE, DEFAULT_ROI_WORDING, ROI_WORDINGS, RoiConfig, roi_answer_file
+from .roi import DEFAULT_MIN_SIDE, ROI_WORDINGS, RoiConfig, resolve_roi_wording, roi_answer_file
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_answer_args(p)
-    p.add_argument("--roi-wording", choices=ROI_WORDINGS, default=DEFAULT_ROI_WORDING)
+    p.add_argument(
+        "--roi-wording", choices=ROI_WORDINGS, default=None, help="default: the checkpoint's recorded wording"
+    )
     p.add_argument("--roi-min-side", type=float, default=DEFAULT_MIN_SIDE)
     p.add_argument("--roi-max-new-tokens", type=int, default=128)
     args = p.parse_args(argv)
+    wording, why = resolve_roi_wording(args.model_path, args.roi_wording)
+    print(f"ROI wording: {wording!r} ({why})", flush=True)
     config = RoiConfig(
-        wording=args.roi_wording,
+        wording=wording,
         min_side=args.roi_min_side,
         template=args.conv_mode,
         roi_max_new_tokens=args.roi_max_new_tokens,

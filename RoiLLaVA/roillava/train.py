@@ -204,6 +204,8 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
         if dataset_cls is not LazySupervisedDataset:
             raise ValueError(f"--roi_data_path selects ChainOfSpotDataset; got dataset_cls={dataset_cls}")
         dataset_cls = ChainOfSpotDataset
+        # Recorded in the model's config.json too, so a full fine-tune or a merged copy is asked as trained.
+        model.config.roi_wording = data_args.roi_wording
         dataset_kwargs = {
             "roi_data_path": data_args.roi_data_path,
             "wording": data_args.roi_wording,

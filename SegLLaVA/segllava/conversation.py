@@ -133,10 +133,20 @@ def tokenize_segments(segments: list[Segment], tokenizer, layout: TokenLayout) -
     return ids, labels
 
 
+def image_first(text: str) -> str:
+    """LLaVA's `preprocess_multimodal` on one turn: a turn holding `<image>` becomes `"<image>\\n"` + the
+    rest with every `<image>` removed and stripped, and the result is stripped again (so an image-only
+    turn is `"<image>"`). A turn that already starts with `<image>` is rewritten too: `"<image> What?"` and
+    `"<image>\\nWhat?"` both become `"<image>\\nWhat?"`, as LLaVA trains on them."""
+    if IMAGE_PLACEHOLDER not in text:
+        return text
+    return (IMAGE_PLACEHOLDER + "\n" + text.replace(IMAGE_PLACEHOLDER, "").strip()).strip()
+
+
 def llava_turns(conversations: list[dict]) -> list[tuple[str, str]]:
     """LLaVA `conversations` ([{from, value}], human first, alternating) as (user, assistant) pairs.
 
-    As LISA's VQA loader does, an `<image>` anywhere in the first turn is moved to its front.
+    Each user turn is rewritten by `image_first`, as LISA's VQA loader (LLaVA's rule) does.
     """
     if not isinstance(conversations, list) or not conversations:
         raise ValueError("record has no conversations")
@@ -149,8 +159,5 @@ def llava_turns(conversations: list[dict]) -> list[tuple[str, str]]:
             raise ValueError(
                 f"turn {k // 2} is not a human/gpt pair: {human.get('from')!r}, {gpt.get('from')!r}"
             )
-        question = human["value"]
-        if IMAGE_PLACEHOLDER in question:
-            question = IMAGE_PLACEHOLDER + "\n" + question.replace(IMAGE_PLACEHOLDER, "").strip()
-        turns.append((question, gpt["value"]))
+        turns.append((image_first(human["value"]), gpt["value"]))
     return turns

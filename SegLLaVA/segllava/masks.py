@@ -1,7 +1,7 @@
 """Ground-truth masks from the annotation formats LISA reads, with errors that name the file.
 
-* ReasonSeg / labelme JSON: polygons filled largest-area first with 1, "ignore" polygons with 255 (excluded
-  from scoring), "flag" polygons skipped (LISA's `get_mask_from_json`).
+* ReasonSeg / labelme JSON: polygons (int32-truncated points) outlined and filled largest first with 1,
+  "ignore" polygons with 255 (excluded from scoring), "flag" polygons skipped (LISA's `get_mask_from_json`).
 * COCO-style polygons or RLE (REFER, PACO-LVIS, PASCAL-Part): decoded with pycocotools; the parts of a
   multi-part object are merged (LISA sums them; a union keeps the mask binary).
 * Label PNGs (ADE20K, COCO-Stuff, Mapillary): must have the image's size.
@@ -41,34 +41,61 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise DataError(f"{path}: cannot read image ({e})") from None
 
 
-def read_json(path: str | Path):
+def read_json(path: str | Path, *, fallback_encoding: str | None = None):
+    """The parsed file; with `fallback_encoding`, a file that is not UTF-8 is read in that encoding
+    (LISA reads ReasonSeg annotations as cp1252 when the default read fails)."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read JSON ({e})") from None
+    try:
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            if fallback_encoding is None:
+                raise
+            return json.loads(raw.decode(fallback_encoding))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: cannot read JSON ({e})") from None
 
 
 def reason_seg_mask(json_path: str | Path, height: int, width: int) -> np.ndarray:
-    """uint8 [H, W] with 1 on the target, 255 on "ignore" regions, 0 elsewhere."""
-    record = read_json(json_path)
+    """uint8 [H, W] with 1 on the target, 255 on "ignore" regions, 0 elsewhere: LISA's `get_mask_from_json`.
+
+    Pixel for pixel as LISA draws it: the points are cast to int32 (truncation toward zero, not
+    rounding); each polygon is outlined (`polylines`, closed, 1 px) and filled; polygons are drawn in
+    decreasing order of that drawn area (`argsort` reversed, so equal areas go later-listed first);
+    a shape labelled exactly "flag" (any case) is skipped, one whose label contains "ignore" is 255.
+    """
+    record = read_json(json_path, fallback_encoding="cp1252")
     shapes = record.get("shapes") if isinstance(record, dict) else None
     if not isinstance(shapes, list):
         raise DataError(f"{json_path}: no 'shapes' list")
-    polygons = []
+    values, polygons, areas = [], [], []
     for k, shape in enumerate(shapes):
         label = str(shape.get("label", ""))
-        if "flag" in label.lower():
+        if label.lower() == "flag":
             continue
         points = np.asarray(shape.get("points", []), dtype=np.float64)
         if points.ndim != 2 or points.shape[1] != 2 or len(points) < 3:
             raise DataError(f"{json_path}: shape {k} ({label!r}) is not a polygon of at least 3 points")
-        value = IGNORE_LABEL if "ignore" in label.lower() else 1
-        area = abs(cv2.contourArea(points.astype(np.float32)))
-        polygons.append((area, value, np.round(points).astype(np.int32)))
+        if not np.isfinite(points).all():
+            raise DataError(f"{json_path}: shape {k} ({label!r}) has a non-finite point")
+        polygon = [points.astype(np.int32)]
+        drawn = np.zeros((height, width), dtype=np.uint8)
+        _draw_polygon(drawn, polygon, 1)
+        areas.append(drawn.sum())  # numpy uint64, as LISA sorts them
+        values.append(IGNORE_LABEL if "ignore" in label.lower() else 1)
+        polygons.append(polygon)
     mask = np.zeros((height, width), dtype=np.uint8)
-    for _, value, points in sorted(polygons, key=lambda p: -p[0]):
-        cv2.fillPoly(mask, [points], int(value))
+    for k in np.argsort(areas)[::-1] if areas else []:
+        _draw_polygon(mask, polygons[k], values[k])
     return mask
+
+
+def _draw_polygon(mask: np.ndarray, polygon: list[np.ndarray], value: int) -> None:
+    cv2.polylines(mask, polygon, True, value, 1)
+    cv2.fillPoly(mask, polygon, value)
 
 
 def coco_segmentation_mask(segmentation, height: int, width: int, where: str) -> np.ndarray:

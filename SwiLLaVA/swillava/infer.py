@@ -5,7 +5,8 @@
     adapter.answer_with_evidence(image, question, [("red object", (x, y, w, h))])
     adapter.option_losses(image, question, ["cross", "star"])   # mean CE per option, lower is better
 
-CLI (greedy; the image is always padded to a square, as in training):
+CLI (greedy; the image is padded to a square, as in training, except where V*Bench's protocol scores
+options on the unpadded image, see `eval/vstar_bench.py`):
 
     python -m swillava.infer answer --model-path CKPT --question-file Q.jsonl --image-folder DIR --answers-file A.jsonl
     python -m swillava.infer toy-eval --model-path CKPT --question-file Q.jsonl --annotations ANN.json \
@@ -137,8 +138,14 @@ class SwitchAdapter:
         return next(self.model.parameters()).device
 
     # --- prompts ------------------------------------------------------------------------------------
-    def build_prompt(self, image: Image.Image, question: str, objects: Evidence = ()) -> Prompt:
-        """`"<image>\\n" + question`, with SEAL's evidence prefix and crops when objects are given (§2.5)."""
+    def build_prompt(
+        self, image: Image.Image, question: str, objects: Evidence = (), *, pixel_values=None
+    ) -> Prompt:
+        """`"<image>\\n" + question`, with SEAL's evidence prefix and crops when objects are given.
+
+        The image is padded to a square as in training, unless the caller passes its own processed
+        `pixel_values` [3, S, S] (V*Bench scores options without evidence on the unpadded image).
+        """
         if OBJECT_PLACEHOLDER in question:
             raise ValueError(f"the question contains {OBJECT_PLACEHOLDER}; pass objects as (name, box) pairs")
         image = image.convert("RGB")
@@ -165,7 +172,9 @@ class SwitchAdapter:
             object_long=object_long,
         )
         proc = self.processor.image_processor
-        pixels = proc([image], return_tensors="pt")["pixel_values"][0]
+        pixels = (
+            proc([image], return_tensors="pt")["pixel_values"][0] if pixel_values is None else pixel_values
+        )
         crops = torch.zeros(0, *pixels.shape)
         if instances:
             crops = [
@@ -238,14 +247,14 @@ class SwitchAdapter:
         return [SwitchDecision(t, parse_missing_objects(t)) for t in texts]
 
     def decide(self, image: Image.Image, question: str) -> SwitchDecision:
-        """The switch probe (§2.5 step 1-2): the long image alone; greedy."""
+        """SEAL's switch probe: the long (padded) image alone; greedy."""
         return self.decide_batch([(image, question)])[0]
 
     def answer_with_evidence_batch(self, items: Sequence[tuple[Image.Image, str, Evidence]]) -> list[str]:
         return self.generate([self.build_prompt(image, q, objs) for image, q, objs in items])
 
     def answer_with_evidence(self, image: Image.Image, question: str, objects: Evidence) -> str:
-        """Answer with SEAL's evidence prompt: crops (1.2x context) and locations of `objects` (§2.5 step 4)."""
+        """Answer with SEAL's evidence prompt: crops (1.2x context) and locations of `objects`."""
         return self.answer_with_evidence_batch([(image, question, objects)])[0]
 
     # --- likelihood multiple choice -----------------------------------------------------------------
@@ -258,15 +267,22 @@ class SwitchAdapter:
 
     @torch.inference_mode()
     def option_losses(
-        self, image: Image.Image, question: str, options: Sequence[str], objects: Evidence = ()
+        self,
+        image: Image.Image,
+        question: str,
+        options: Sequence[str],
+        objects: Evidence = (),
+        *,
+        pixel_values=None,
     ) -> list[float]:
-        """Mean CE of each option's tokens after the prompt (§2.5 step 5); the lowest is the choice.
+        """Mean CE of each option's tokens after the prompt (SEAL's likelihood rule); the lowest is the choice.
 
         The prompt runs once; its KV cache is repeated over the options, which run as one batch.
+        `pixel_values`: the image's processed pixels in another view than the padded one.
         """
         if not options:
             raise ValueError("no options to score")
-        batch = self._batch([self.build_prompt(image, question, objects)])
+        batch = self._batch([self.build_prompt(image, question, objects, pixel_values=pixel_values)])
         prefix = self.model.llava(
             inputs_embeds=self._embed(batch), attention_mask=batch["attention_mask"], use_cache=True
         )
@@ -387,26 +403,42 @@ def toy_switch_metrics(
     }
 
 
-def vstar_losses(adapter: SwitchAdapter, bench_folder: str, *, oracle_evidence: bool = False) -> dict:
-    """V*Bench-style multiple choice (`<cat>/<stem>.jpg` + `<stem>.json`, options[0] correct) by likelihood."""
-    from eval.metrics import vstar_accuracy
+def vstar_losses(
+    adapter: SwitchAdapter,
+    bench_folder: str,
+    *,
+    oracle_evidence: bool = False,
+    image_view: str | None = None,
+) -> dict:
+    """V*Bench multiple choice by likelihood (the folder read by `eval.vstar_bench`, options[0] correct).
 
+    Without evidence the options are scored on `image_view` (default: the unpadded image, as SEAL
+    and the FaST release do); with `oracle_evidence` (the annotated boxes) on the padded image, as
+    SEAL scores a question it searched.
+    """
+    from eval.metrics import vstar_accuracy
+    from eval.vstar_bench import VSTAR_DEFAULT_IMAGE_VIEW, read_vstar_bench, vstar_pixel_values
+
+    image_view = image_view or VSTAR_DEFAULT_IMAGE_VIEW
+    bench = read_vstar_bench(bench_folder)
+    bench.raise_if_invalid()
     per_type: dict[str, list[list[float]]] = {}
-    for meta in sorted(Path(bench_folder).glob("*/*.json")):
-        ann = json.loads(meta.read_text())
-        image_files = [p for p in meta.parent.glob(meta.stem + ".*") if p.suffix.lower() != ".json"]
-        if len(image_files) != 1:
-            raise FileNotFoundError(
-                f"{meta}: expected one image named {meta.stem}.*, found {len(image_files)}"
-            )
-        objects = list(zip(ann["target_object"], ann["bbox"])) if oracle_evidence else []
-        losses = adapter.option_losses(open_image(image_files[0]), ann["question"], ann["options"], objects)
-        per_type.setdefault(meta.parent.name, []).append(losses)
+    for q in bench.questions:
+        if not q.image.is_file():
+            raise FileNotFoundError(f"{q.question_id}: image not found: {q.image}")
+        image = open_image(q.image)
+        objects = list(zip(q.target_object, q.bbox)) if oracle_evidence else []
+        pixels = None
+        if not objects:
+            pixels = vstar_pixel_values(adapter.processor.image_processor, [image], image_view)[0]
+        losses = adapter.option_losses(image, q.question, q.options, objects, pixel_values=pixels)
+        per_type.setdefault(q.category, []).append(losses)
     everything = [row for rows in per_type.values() for row in rows]
     return {
         "accuracy": vstar_accuracy(everything) if everything else 0.0,
         "per_type": {k: vstar_accuracy(v) for k, v in per_type.items()},
         "questions": len(everything),
+        "image_view": "padded" if oracle_evidence else image_view,
     }
 
 
@@ -435,6 +467,12 @@ def main(argv: list[str] | None = None) -> None:
             s.add_argument(
                 "--oracle-evidence", action="store_true", help="feed the annotated boxes as evidence"
             )
+            s.add_argument(
+                "--image-view",
+                choices=("unpadded", "padded"),
+                default="unpadded",
+                help="image of the options scored without evidence (SEAL: unpadded)",
+            )
     args = p.parse_args(argv)
     dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
     adapter = SwitchAdapter.from_pretrained(
@@ -452,7 +490,9 @@ def main(argv: list[str] | None = None) -> None:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(result, indent=1))
     else:
-        result = vstar_losses(adapter, args.bench_folder, oracle_evidence=args.oracle_evidence)
+        result = vstar_losses(
+            adapter, args.bench_folder, oracle_evidence=args.oracle_evidence, image_view=args.image_view
+        )
     print(json.dumps(result))
 
 

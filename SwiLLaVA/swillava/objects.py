@@ -15,7 +15,7 @@ from PIL import Image
 
 from .conversation import IMAGE_PLACEHOLDER, OBJECT_PLACEHOLDER
 
-# SEAL's protocol literals (upstream-spec §2.5): the switch's "System 2 needed" sentence and the
+# SEAL's protocol literals: the switch's "System 2 needed" sentence and the
 # prefix of the evidence prompt.
 MISSING_OBJECTS_PREFIX = (
     "Sorry, I can not answer the question. "
@@ -48,8 +48,10 @@ def check_name(name: object) -> str:
 def check_box(box: object, width: int, height: int) -> tuple[float, float, float, float]:
     """A usable `(x, y, w, h)`: finite, positive width and height, overlapping the image.
 
-    A box that sticks out of the image is clamped to it (SEAL clamps both the crop and the location
-    string); zero-area, negative-size and fully-outside boxes are errors.
+    The box is returned as given, also when it sticks out of the image: SEAL computes the crop
+    (`patch_bounds`) and the location string (`location_string`) from the raw box and clips only
+    their results, so clamping the box first would move both. Zero-area, negative-size and
+    fully-outside boxes are errors.
     """
     if not isinstance(box, (list, tuple)) or len(box) != 4:
         raise ValueError(f"box must be [x, y, w, h], got {box!r}")
@@ -59,26 +61,28 @@ def check_box(box: object, width: int, height: int) -> tuple[float, float, float
     if w <= 0 or h <= 0:
         kind = "zero-area" if w == 0 or h == 0 else "negative width or height in"
         raise ValueError(f"{kind} box [x, y, w, h] = {list(box)}")
-    x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
-    if x2 <= x1 or y2 <= y1:
+    if min(x + w, float(width)) <= max(x, 0.0) or min(y + h, float(height)) <= max(y, 0.0):
         raise ValueError(f"box [x, y, w, h] = {list(box)} lies outside the {width}x{height} image")
-    return (x1, y1, x2 - x1, y2 - y1)
+    return (x, y, w, h)
 
 
 def patch_bounds(
     box: Sequence[float], width: int, height: int, scale: float = 1.2
 ) -> tuple[int, int, int, int]:
-    """SEAL's `get_patch`: the box's centre, `scale` x its (ceiled) size, shifted inside the image.
+    """SEAL's `get_patch`: `scale` x the box's ceiled size around its centre, cut at the image's edges.
 
-    Returns `(left, top, right, bottom)` pixel bounds; at least one pixel wide and high.
+    The centre comes from the raw size, `int(x + w / 2)` (truncation), the patch size from the ceiled
+    one, `int(ceil(w) * scale)`; the patch starts at `max(0, centre - size // 2)` and ends at
+    `min(start + size, image side)`. Returns `(left, top, right, bottom)` pixel bounds.
     """
     x, y, bw, bh = box
     w, h = math.ceil(bw), math.ceil(bh)
-    cx, cy = int(x + w / 2), int(y + h / 2)
-    pw, ph = int(scale * w), int(scale * h)
+    cx, cy = int(x + bw / 2), int(y + bh / 2)
+    pw, ph = int(w * scale), int(h * scale)
     left, top = max(0, cx - pw // 2), max(0, cy - ph // 2)
     right, bottom = min(left + pw, width), min(top + ph, height)
-    # Only reachable for sub-pixel boxes on the far edge; keep one pixel instead of an empty crop.
+    # Only reachable for sub-pixel boxes on the far edge, where SEAL's crop is empty (and its resize
+    # fails): keep one pixel instead.
     left, top = min(left, right - 1), min(top, bottom - 1)
     return left, top, right, bottom
 
@@ -90,11 +94,18 @@ def crop_object(image: Image.Image, box: Sequence[float], size: int, scale: floa
 
 
 def location_string(box: Sequence[float], width: int, height: int) -> str:
-    """`[x1,y1,x2,y2]` with 3 decimals, normalised by the side of the centred, padded square."""
+    """`[x1,y1,x2,y2]` with 3 decimals, normalised by the side of the centred, padded square.
+
+    SEAL's arithmetic, in its order: the raw box is shifted by the padding offset, `x2 = (x + offset)
+    + w`, each coordinate divided by the side and only then clipped to [0, 1]. A box sticking out of
+    the image therefore keeps its raw extent inside the padded square (e.g. `[150, 60, 100, 80]` on
+    a 200x100 image ends at y2 = 0.950, not at the image's bottom edge 0.750).
+    """
     side = max(width, height)
     ox, oy = (side - width) // 2, (side - height) // 2
     x, y, w, h = box
-    coords = ((x + ox) / side, (y + oy) / side, (x + w + ox) / side, (y + h + oy) / side)
+    x, y = x + ox, y + oy
+    coords = (x / side, y / side, (x + w) / side, (y + h) / side)
     return "[" + ",".join(f"{min(max(c, 0.0), 1.0):.3f}" for c in coords) + "]"
 
 
@@ -116,7 +127,7 @@ def expand_objects(
 
 
 def evidence_question(question: str, n_objects: int) -> str:
-    """SEAL's evidence prompt with bare placeholders, expanded later by `expand_objects` (§2.5 step 4)."""
+    """SEAL's evidence prompt with bare placeholders, expanded later by `expand_objects`."""
     if n_objects == 0:
         return question
     return EVIDENCE_PREFIX + "; ".join([OBJECT_PLACEHOLDER] * n_objects) + ".\n" + question
@@ -125,8 +136,8 @@ def evidence_question(question: str, n_objects: int) -> str:
 def feature_layout(n_objects: int, rule: str) -> tuple[bool, list[bool]]:
     """(image uses long rows, per-object long rows) for `n_objects` objects.
 
-    "train" is SEAL's training rule (§2.2): one object -> short image, long object; otherwise long image
-    and short objects. "infer" is SEAL's evidence rule (§2.5): with objects the image is short, and
+    "train" is SEAL's training rule: one object -> short image, long object; otherwise long image
+    and short objects. "infer" is SEAL's evidence rule: with objects the image is short, and
     objects are long when there are at most two. Both give a long image when there are no objects.
     """
     if rule == "train":

@@ -1,0 +1,56 @@
+"""The ROI adapter's stage-1 wording: which one a checkpoint records, and which one to ask it with.
+
+Torch-free, so launchers can resolve and record it without loading the model stack. The prompts
+themselves are built in `roi.py`, which also explains the two wordings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROI_WORDINGS = ("where", "what")
+DEFAULT_ROI_WORDING = "where"  # what our training uses unless told otherwise
+UNRECORDED_ROI_WORDING = "what"  # Chain-of-Spot's evaluation prompt, for a model that records none
+TRAIN_CONFIG_FILE = "roillava_train_config.json"  # our run config, saved next to every checkpoint
+ROI_WORDING_KEY = "roi_wording"
+
+
+def check_wording(wording: str) -> str:
+    if wording not in ROI_WORDINGS:
+        raise ValueError(f"ROI prompt wording must be one of {ROI_WORDINGS}, got {wording!r}")
+    return wording
+
+
+def recorded_roi_wording(model_dir: str | Path) -> tuple[str, str] | None:
+    """(wording, where it is recorded) for a checkpoint directory, or None when it records none.
+
+    Read from our run config (`roillava_train_config.json`, `data.roi_wording`), else from a
+    `"roi_wording"` entry of `config.json` (converted or merged checkpoints).
+    """
+    d = Path(model_dir)
+    for name, keys in ((TRAIN_CONFIG_FILE, ("data", ROI_WORDING_KEY)), ("config.json", (ROI_WORDING_KEY,))):
+        path = d / name
+        if not path.is_file():
+            continue
+        try:
+            value = json.loads(path.read_text())
+            for key in keys:
+                value = value[key]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+        try:
+            return check_wording(value), f"{path}: {'.'.join(keys)}"
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+    return None
+
+
+def resolve_roi_wording(model_dir: str | Path | None, requested: str | None = None) -> tuple[str, str]:
+    """(wording, why): `requested` when given, else the checkpoint's record, else Chain-of-Spot's "what"."""
+    if requested is not None:
+        return check_wording(requested), "requested"
+    recorded = recorded_roi_wording(model_dir) if model_dir is not None else None
+    if recorded is not None:
+        return recorded[0], f"recorded ({recorded[1]})"
+    return UNRECORDED_ROI_WORDING, "not recorded by the checkpoint: Chain-of-Spot's evaluation wording"
