@@ -130,7 +130,7 @@ def web_checkpoints(tiny_base, hard_scene, tmp_path_factory) -> dict[str, Path]:
     llava = LlavaForConditionalGeneration.from_pretrained(base)
     torch.manual_seed(0)
     roi = roi_add_lora(llava, r=8, alpha=16, dropout=0.0, freeze_projector=True)
-    config = read_roi_config(ckpts["roi"], max_new_tokens=ROI_MAX_NEW_TOKENS)  # what the agent will ask
+    config, _ = read_roi_config(ckpts["roi"], max_new_tokens=ROI_MAX_NEW_TOKENS)  # what the agent will ask
     prompt = stage1_prompt(
         question.text, scene.image, processor=processor, model_config=llava.config, config=config
     )
