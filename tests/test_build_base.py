@@ -35,7 +35,7 @@ def sources(tmp: Path, widths) -> tuple[Path, Path]:
     """A 1-layer LlamaForCausalLM with its tokenizer (no <image>, no pad) and a 2-layer CLIP tower."""
     hidden, inter, heads, v_hidden, v_inter, v_heads, size, patch = widths
     torch.manual_seed(0)
-    lm = LlamaForCausalLM(
+    lm = LlamaForCausalLM._from_config(
         LlamaConfig(
             hidden_size=hidden,
             intermediate_size=inter,
@@ -46,8 +46,9 @@ def sources(tmp: Path, widths) -> tuple[Path, Path]:
             bos_token_id=1,
             eos_token_id=2,
             tie_word_embeddings=False,
-        )
-    ).to(torch.bfloat16)
+        ),
+        dtype=torch.bfloat16,
+    )
     lm.save_pretrained(tmp / "lm")
     real_tokenizer(llava_tokens=False).save_pretrained(tmp / "lm")
     tower = CLIPVisionModel(
@@ -125,6 +126,10 @@ def test_build_base_composes_a_loadable_llava(scale, tmp_path):
         atol=0,
     )
     torch.testing.assert_close(state["lm_head.weight"][:32000], lm_state["lm_head.weight"], rtol=0, atol=0)
+    new_row = state["model.language_model.embed_tokens.weight"][32000].float()  # <image>: the old rows' mean
+    torch.testing.assert_close(
+        new_row, lm_state["model.embed_tokens.weight"].float().mean(0), rtol=0.02, atol=1e-3
+    )
     tower_state = load_file(tower_dir / "model.safetensors")
     for name, value in tower_state.items():
         torch.testing.assert_close(state[f"model.vision_tower.{name}"], value, rtol=0, atol=0)

@@ -78,6 +78,20 @@ def tower_image_processor(source: str, vision: CLIPVisionConfig) -> LlavaImagePr
     )
 
 
+def resize_embeddings(language_model, n_tokens: int) -> None:
+    """Room for the added tokens, padded to a multiple of 64 rows; new input and output rows start at the
+    mean of the old ones. (`<image>` rows are replaced by image features and `<pad>` is masked, so a
+    sampled init, which costs minutes at 7B width on a CPU, buys nothing.)"""
+    old = language_model.get_input_embeddings().num_embeddings
+    if n_tokens <= old:
+        return
+    language_model.resize_token_embeddings(n_tokens, pad_to_multiple_of=VOCAB_MULTIPLE, mean_resizing=False)
+    with torch.no_grad():
+        for table in (language_model.get_input_embeddings(), language_model.get_output_embeddings()):
+            if table is not None:
+                table.weight[old:] = table.weight[:old].float().mean(0).to(table.weight.dtype)
+
+
 def build_base(
     lm: str,
     vision_tower: str,
@@ -98,8 +112,7 @@ def build_base(
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
 
     language_model = AutoModelForCausalLM.from_pretrained(lm, dtype=dtype)
-    if len(tokenizer) > language_model.get_input_embeddings().num_embeddings:
-        language_model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=VOCAB_MULTIPLE)
+    resize_embeddings(language_model, len(tokenizer))
     tower = CLIPVisionModel.from_pretrained(vision_tower, dtype=dtype)
 
     text_config = language_model.config
