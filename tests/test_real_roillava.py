@@ -91,7 +91,7 @@ def dir_bytes(path: Path) -> int:
 def check_saved_processor(out: Path, do_pad: bool) -> None:
     config = json.loads((out / "processor_config.json").read_text())
     image_processor = config["image_processor"]
-    assert image_processor["image_processor_type"] == "LlavaImageProcessorPil"
+    assert image_processor["image_processor_type"].startswith("LlavaImageProcessor")  # not the hub's CLIP one
     assert image_processor["do_pad"] is do_pad
     assert image_processor["crop_size"] == {"height": 336, "width": 336}
 
@@ -155,7 +155,7 @@ def test_real_image_rows_and_text_only_zero_image(real_base, toy, tmp_path):
 
 def test_real_pretrain_checkpoint_holds_the_projector_only(real_base, toy, tmp_path):
     """System-1 stage 1 (ZeRO-2): the checkpoint is the projector and DeepSpeed's states of it, nothing else
-    (the whole frozen model was 2.9 GB + 2.7 GB here before)."""
+    (it held the whole frozen model's weights and DeepSpeed states before)."""
     out = tmp_path / "pretrain"
     env = {
         "MODEL": str(real_base),
