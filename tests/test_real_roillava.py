@@ -71,13 +71,12 @@ def run_real(script: str, env: dict, log_dir: Path, name: str) -> dict:
     (log_dir / f"{name}.log").write_text(log)
     assert proc.returncode == 0, log[-5000:]
     assert "'loss'" in log
-    summary = next((line for line in log.splitlines() if "'train_runtime'" in line), "")
-    steps = int(env.get("MAX_STEPS", "1"))
-    train_runtime = float(summary.split("'train_runtime': ")[1].split(",")[0].strip("'")) if summary else None
+    state = json.loads((Path(env["OUTPUT_DIR"]) / "trainer_state.json").read_text())
+    runtime = next(e["train_runtime"] for e in state["log_history"] if "train_runtime" in e)
     result = {
         "run": name,
         "wall_s": round(seconds, 1),
-        "s_per_step": round(train_runtime / steps, 1) if train_runtime else None,
+        "s_per_step": round(runtime / state["global_step"], 1),
         "peak_rss_gb": round(peak[0] / 2**30, 2),
     }
     print(f"\n[real] {json.dumps(result)}")
