@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -53,7 +54,7 @@ def run_real(script: str, env: dict, log_dir: Path, name: str) -> dict:
         "LOG_STEPS": "1",
         "GRAD_CKPT": "True",
         "MASTER_PORT": str(29500 + (os.getpid() + hash(name)) % 1000),
-        "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # deepspeed beside this python
         **env,
     }
     full_env["EXTRA_ARGS"] = f"--use_cpu True --warmup_steps 0 {env.get('EXTRA_ARGS', '')}"
