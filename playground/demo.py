@@ -26,7 +26,9 @@ BASE = DEMO / "tiny_base"
 CKPT = DEMO / "checkpoints"
 
 # The toy recipe: what differs from the real 8-GPU defaults of each script.
-SYSTEM1_PRETRAIN = {"MAX_STEPS": "100", "BATCH": "16", "LR": "2e-3"}
+# The toy recipe pads in stage 1 too (LLaVA's stage 1 centre-crops, which would cut toy targets at the
+# edges), and keeps the plain random order (every toy record has an image).
+SYSTEM1_PRETRAIN = {"MAX_STEPS": "100", "BATCH": "16", "LR": "2e-3", "IMAGE_ASPECT_RATIO": "pad"}
 SYSTEM1_FINETUNE = {"MAX_STEPS": "900", "BATCH": "16", "LR": "1e-3"}
 # Adapter sizes: the agent holds every adapter on one base and must stay within 1.1x "one LLaVA + SAM"
 # (issue 6). LoRA r8 on the 256-wide toy LM is the real recipe's r128 on 4096 in proportion; both
@@ -74,6 +76,7 @@ TOY_ENV = {
     "GRAD_CKPT": "False",
     "LOG_STEPS": "50",
     "SAVE_STEPS": "300",
+    "GROUP_BY_MODALITY": "False",
 }
 
 

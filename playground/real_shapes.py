@@ -46,8 +46,9 @@ class RealShapeConfig:
     seed: int = 0
 
 
-def real_tokenizer() -> PreTrainedTokenizerFast:
-    """A Llama-style tokenizer with LLaMA's 32000 ids and llava-hf's added `<image>` and `<pad>`.
+def real_tokenizer(llava_tokens: bool = True) -> PreTrainedTokenizerFast:
+    """A Llama-style tokenizer with LLaMA's 32000 ids and llava-hf's added `<image>` and `<pad>`
+    (`llava_tokens=False`: LLaMA's/Vicuna's own, without them and without a pad token).
 
     The toy BPE gives real merges for every word our prompts use; filler pieces bring the base
     vocabulary to 32000 ids so that the added tokens get llava-hf's ids.
@@ -83,6 +84,8 @@ def real_tokenizer() -> PreTrainedTokenizerFast:
         padding_side="left",
         clean_up_tokenization_spaces=False,
     )
+    if not llava_tokens:
+        return fast
     fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
     fast.add_special_tokens({"pad_token": "<pad>"})
     assert fast.convert_tokens_to_ids("<image>") == 32000 and fast.pad_token_id == 32001

@@ -29,6 +29,7 @@ def test_finetune_lora_two_steps_saves_adapter_with_projector(tiny_base, toy_wor
         "LORA_ALPHA": "16",
         "LR": "1e-2",
         "MM_PROJECTOR_LR": "1e-2",
+        "FREEZE_PROJECTOR": "False",  # the script shares the base's projector unless told otherwise
         "EXTRA_ARGS": "--warmup_steps 0",  # the recipe's warmup would make the first step a no-op
         "MASTER_PORT": str(29500 + os.getpid() % 1000),
     }
@@ -99,3 +100,78 @@ def test_learning_rate_groups_projector_and_lora_plus(tiny_base, tmp_path):
     assert by_lr[0.5] and all("multi_modal_projector" in n for n in by_lr[0.5])
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable == {n for group in by_lr.values() for n in group}
+
+
+def test_finetune_lora_zero3_bf16_trains(tiny_base, toy_world, tmp_path):
+    """The script's own precision (bf16) under ZeRO-3: every trainable weight (LoRA and the projector)
+    stays in the model's dtype, so ZeRO-3's one flat buffer takes them (fp32 LoRA beside bf16 stops it)."""
+    toy = toy_world["playground"] / "data" / "toy"
+    out = tmp_path / "cos-lora-bf16"
+    env = {
+        "MODEL": str(tiny_base),
+        "DATA_PATH": str(toy / "llava_toy_instruct.json"),
+        "IMAGE_FOLDER": str(toy / "images"),
+        "ROI_DATA": str(toy / "chain-of-spot.json"),
+        "OUTPUT_DIR": str(out),
+        "MAX_STEPS": "1",
+        "LORA_R": "8",
+        "LORA_ALPHA": "16",
+        "BF16": "True",
+        "FREEZE_PROJECTOR": "False",
+        "EXTRA_ARGS": "--use_cpu True --warmup_steps 0",
+        "MASTER_PORT": str(29500 + (os.getpid() + 7) % 1000),
+    }
+    log = run_script("scripts/v1_5/finetune_lora.sh", env, tmp_path)
+    assert "'loss'" in log
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert {t.dtype for t in adapter.values()} == {torch.bfloat16}
+    assert any("multi_modal_projector" in k for k in adapter) and any("lora_A" in k for k in adapter)
+
+
+def test_qlora_four_bit_step(tiny_base, toy_world, tmp_path):
+    """`--bits 4` (QLoRA, under ZeRO-2): the language model's linear layers load as bitsandbytes 4-bit,
+    the vision tower, projector and head stay floating point, and a LoRA step trains."""
+    toy = toy_world["playground"] / "data" / "toy"
+    out = tmp_path / "qlora"
+    env = {
+        "MODEL": str(tiny_base),
+        "DATA_PATH": str(toy / "llava_toy_instruct.json"),
+        "IMAGE_FOLDER": str(toy / "images"),
+        "ROI_DATA": str(toy / "chain-of-spot.json"),
+        "OUTPUT_DIR": str(out),
+        "MAX_STEPS": "1",
+        "LORA_R": "8",
+        "LORA_ALPHA": "16",
+        "BF16": "True",
+        "DS_CONFIG": "./scripts/zero2.json",
+        "EXTRA_ARGS": "--use_cpu True --warmup_steps 0 --bits 4",
+        "MASTER_PORT": str(29500 + (os.getpid() + 11) % 1000),
+    }
+    log = run_script("scripts/v1_5/finetune_lora.sh", env, tmp_path)
+    assert "'loss'" in log
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)  # the base's projector is shared by default
+    assert json.loads((out / "roillava_train_config.json").read_text())["training"]["bits"] == 4
+
+
+def test_qlora_quantises_the_language_model_only(tiny_base):
+    import bitsandbytes as bnb
+
+    from roillava.model import add_lora, freeze_for_stage, load_base
+
+    for bits, linear in ((4, bnb.nn.Linear4bit), (8, bnb.nn.Linear8bitLt)):
+        model = load_base(str(tiny_base), dtype=torch.bfloat16, bits=bits)
+        lm_linears = [
+            m
+            for n, m in model.named_modules()
+            if "language_model" in n and n.endswith(("q_proj", "down_proj"))
+        ]
+        assert lm_linears and all(isinstance(m, linear) for m in lm_linears)
+        for name, p in model.named_parameters():
+            if "vision_tower" in name or "multi_modal_projector" in name or name.startswith("lm_head"):
+                assert p.dtype == torch.bfloat16, name
+        freeze_for_stage(model, projector_only=False, freeze_projector=False)  # no grads asked of ints
+        peft_model = add_lora(model, r=4, alpha=8, dropout=0.0)
+        trainable = [p for p in peft_model.parameters() if p.requires_grad]
+        assert trainable and all(p.is_floating_point() for p in trainable)
+        assert find_projector(peft_model).linear_1.weight.dtype == torch.bfloat16

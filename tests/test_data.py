@@ -122,3 +122,63 @@ def test_invalid_json_names_file(tmp_path, processor, model_config):
     path.write_text("[{")
     with pytest.raises(ValueError, match="bad.json: invalid JSON"):
         make_dataset(path, tmp_path, processor, model_config)
+
+
+TEXT_ONLY = {"conversations": [{"from": "human", "value": "say hi"}, {"from": "gpt", "value": "hi there"}]}
+
+
+def test_text_only_batch_runs_the_vision_tower(tmp_path, toy_world, processor, tiny_base):
+    """A text-only sample gets a zero image (LLaVA's behaviour): every batch, all-text ones too, runs the
+    vision tower and projector (their output weighs 0 in the loss), so under ZeRO-3 no rank skips them."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from roillava.model import find_projector
+    from roillava.train import LLaVATrainer, TrainingArguments, processed_image_size
+
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_base)
+    toy = toy_world["playground"] / "data" / "toy"
+    ds = make_dataset(write(tmp_path, [TEXT_ONLY, TEXT_ONLY, GOOD]), toy / "images", processor, model.config)
+    collate = DataCollatorForSupervisedDataset(
+        processor.tokenizer.pad_token_id, image_size=processed_image_size(processor.image_processor)
+    )
+    trainer = LLaVATrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[]))
+    projector = find_projector(model)
+    for items, present in (([ds[0], ds[1]], [False, False]), ([ds[2], ds[0]], [True, False])):
+        batch = collate(items)
+        assert batch["pixel_values"].shape == (2, 3, 112, 112)
+        assert batch["image_present"].tolist() == present
+        model.zero_grad(set_to_none=True)
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert all(p.grad is not None for p in projector.parameters())  # the projector ran
+        if not any(present):
+            assert all(not p.grad.any() for p in projector.parameters())  # ... with weight 0
+
+
+def test_modality_lengths_and_grouped_order():
+    """LLaVA's `--group_by_modality_length`: each world_size × batch_size group is one modality."""
+    import torch
+
+    from roillava.data import ModalityLengthGroupedSampler, modality_length_grouped_indices
+
+    lengths = [5, -3, 7, -2, 9, 4, -8, 6, -1, 2, 3, -4, 8]  # 8 with an image, 5 text-only
+    order = modality_length_grouped_indices(lengths, 2, 2, torch.Generator().manual_seed(0))
+    assert sorted(order) == list(range(len(lengths)))
+    full = len(lengths) // 4 * 4
+    groups = [order[k : k + 4] for k in range(0, 12, 4)]
+    assert all(len({lengths[i] > 0 for i in g}) == 1 for g in groups)  # one modality per step
+    assert sum(lengths[i] > 0 for g in groups for i in g) == 8 and full == 12
+    for g in groups:  # inside a group: longest first, dealt to even batch totals
+        assert sorted(abs(lengths[i]) for i in g)[-1] in (abs(lengths[g[0]]), abs(lengths[g[2]]))
+    sampler = ModalityLengthGroupedSampler(lengths, batch_size=2, world_size=2, seed=3)
+    first = list(sampler)
+    assert list(sampler) == first  # the same epoch replays (resume)
+    sampler.set_epoch(1)
+    assert sorted(sampler) == sorted(first) and list(sampler) != first
+
+
+def test_modality_lengths_from_records(tmp_path, processor, model_config):
+    ds = make_dataset(write(tmp_path, [GOOD, TEXT_ONLY]), tmp_path, processor, model_config)
+    assert ds.modality_lengths == [3, -4]  # "<image>\nq?" + "a"; "say hi" + "hi there"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -80,10 +81,13 @@ def test_pretrain_script_three_steps_trains_projector_only(tiny_base, toy_data, 
     assert not torch.equal(
         projector["multi_modal_projector.linear_1.weight"], base[key(base, "linear_1.weight")]
     )
-    # Everything but the projector is untouched in the step-3 checkpoint.
-    ckpt = load_file(out / "checkpoint-3" / "model.safetensors")
-    embed = key(base, "embed_tokens.weight")
-    assert torch.equal(ckpt[embed], base[embed])
+    # The step-3 checkpoint holds what trains: the projector, and DeepSpeed's states of it alone.
+    ckpt = out / "checkpoint-3"
+    assert not (ckpt / "model.safetensors").exists()
+    assert set(load_file(ckpt / "mm_projector.safetensors")) == set(projector)
+    projector_bytes = sum(t.numel() * 4 for t in projector.values())
+    states = sum(f.stat().st_size for f in (ckpt / "global_step3").iterdir())
+    assert states < 4 * projector_bytes + 200_000  # fp32 master + Adam moments + the module's trainables
     config = json.loads((out / "roillava_train_config.json").read_text())
     assert (
         config["model"]["tune_mm_mlp_adapter"] is True and config["data"]["data_path"] == toy_data["captions"]
@@ -137,3 +141,68 @@ def test_resume_continues_from_last_checkpoint(tiny_base, toy_data, tmp_path):
     assert "resuming from" in log and "checkpoint-2" in log
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 3
+
+
+def test_projector_only_resume_matches_a_straight_run(tiny_base, toy_data, tmp_path):
+    """A stage-1 checkpoint holds the projector alone, yet a run resumed from it ends where a straight run
+    ends: the projector and DeepSpeed's optimizer states come back, the frozen rest from the base."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    env = {
+        "MODEL": str(tiny_base),
+        "DATA_PATH": toy_data["captions"],
+        "IMAGE_FOLDER": toy_data["IMAGE_FOLDER"],
+        "OUTPUT_DIR": str(straight),
+        "MAX_STEPS": "2",
+        "SAVE_STEPS": "1",
+        "LR": "1e-2",
+        "EXTRA_ARGS": "--warmup_steps 0 --lr_scheduler_type constant --save_total_limit 2",
+    }
+    run_script("scripts/v1_5/pretrain.sh", env, tmp_path)
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-1", resumed / "checkpoint-1")
+    log = run_script("scripts/v1_5/pretrain.sh", {**env, "OUTPUT_DIR": str(resumed)}, tmp_path)
+    assert "resuming from" in log and "checkpoint-1" in log
+    assert json.loads((resumed / "trainer_state.json").read_text())["global_step"] == 2
+    after_one = load_file(straight / "checkpoint-1" / "mm_projector.safetensors")
+    want = load_file(straight / "mm_projector.safetensors")
+    got = load_file(resumed / "mm_projector.safetensors")
+    for name in want:
+        assert not torch.equal(want[name], after_one[name])  # step 2 moved it
+        torch.testing.assert_close(got[name], want[name])
+
+
+def test_zero_configs_do_not_clip_gradients():
+    """LLaVA-1.5's ZeRO-2/3 configs set no gradient clipping (DeepSpeed's default: none)."""
+    for name in ("zero2.json", "zero3.json"):
+        config = json.loads((ROI / "scripts" / name).read_text())
+        assert "gradient_clipping" not in config, name
+
+
+@pytest.mark.parametrize(
+    ("env", "capability", "expected"),
+    [
+        ({}, None, []),
+        ({}, "8.0", ["--tf32", "True"]),
+        ({}, "7.0", []),
+        ({"TF32": "False"}, "9.0", ["--tf32", "False"]),
+    ],
+)
+def test_tf32_follows_the_gpu(env, capability, expected, tmp_path):
+    """`--tf32 True` (LLaVA's) only where TF32 exists: Ampere or newer, as nvidia-smi reports it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if capability:
+        smi = bin_dir / "nvidia-smi"
+        smi.write_text(f"#!/bin/sh\necho {capability}\n")
+        smi.chmod(0o755)
+    proc = subprocess.run(
+        ["bash", "-c", '. scripts/launch.sh; printf "%s\\n" "${COMMON_ARGS[@]}"'],
+        cwd=ROI,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    args = proc.stdout.split()
+    got = args[args.index("--tf32") : args.index("--tf32") + 2] if "--tf32" in args else []
+    assert got == expected

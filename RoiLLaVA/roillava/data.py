@@ -183,12 +183,96 @@ class LazySupervisedDataset(Dataset):
     def summary(self) -> dict:
         return {"records": len(self), "skipped": self.stats["skipped"], "truncated": self.stats["truncated"]}
 
+    @property
+    def modality_lengths(self) -> list[int]:
+        """Per record, its conversation's word count: positive with an image, negative without (LLaVA's
+        cheap length estimate for `--group_by_modality_length`; no tokenisation, no image opened)."""
+        out = []
+        for rec in self.records:
+            turns = rec.get("conversations", []) if isinstance(rec, dict) else []
+            words = max(1, sum(len(str(t.get("value", "")).split()) for t in turns if isinstance(t, dict)))
+            out.append(words if isinstance(rec, dict) and "image" in rec else -words)
+        return out
+
+
+def length_grouped_indices(lengths: list[int], group_size: int, world_size: int, generator) -> list[int]:
+    """A random order whose consecutive `group_size`-sample groups are sorted longest first and dealt
+    into `world_size` batches of near-equal total length (one batch per rank and accumulation step)."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    out = []
+    for start in range(0, len(order), group_size):
+        group = sorted(order[start : start + group_size], key=lambda i: lengths[i], reverse=True)
+        if len(group) % world_size:
+            out += [i for k in range(world_size) for i in group[k::world_size]]
+            continue
+        per_batch = len(group) // world_size
+        batches: list[list[int]] = [[] for _ in range(world_size)]
+        totals = [0] * world_size
+        for i in group:
+            k = min((k for k in range(world_size) if len(batches[k]) < per_batch), key=totals.__getitem__)
+            batches[k].append(i)
+            totals[k] += lengths[i]
+        out += [i for batch in batches for i in batch]
+    return out
+
+
+def modality_length_grouped_indices(
+    lengths: list[int], batch_size: int, world_size: int, generator
+) -> list[int]:
+    """LLaVA's `--group_by_modality_length` order: every group of `world_size × batch_size` samples holds
+    one modality (image or text-only, the sign of `lengths`), grouped by length inside; the groups come
+    in random order, and the two modalities' incomplete remainders come last, together."""
+    group_size = world_size * batch_size
+    image = [i for i, n in enumerate(lengths) if n > 0]
+    text = [i for i, n in enumerate(lengths) if n < 0]
+    groups: list[list[int]] = []
+    rest: list[int] = []
+    for indices in (image, text):
+        if not indices:
+            continue
+        order = length_grouped_indices([abs(lengths[i]) for i in indices], group_size, world_size, generator)
+        ordered = [indices[i] for i in order]
+        chunks = [ordered[k : k + group_size] for k in range(0, len(ordered), group_size)]
+        if len(chunks[-1]) < group_size:
+            rest += chunks.pop()
+        groups += chunks
+    shuffled = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
+    return [i for group in shuffled for i in group] + rest
+
+
+class ModalityLengthGroupedSampler(torch.utils.data.Sampler):
+    """Samples in `modality_length_grouped_indices` order, reshuffled per epoch from `seed`, so a
+    resumed run replays the same order."""
+
+    def __init__(self, lengths: list[int], batch_size: int, world_size: int, seed: int = 0):
+        self.lengths, self.batch_size, self.world_size, self.seed = lengths, batch_size, world_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(
+            modality_length_grouped_indices(self.lengths, self.batch_size, self.world_size, generator)
+        )
+
 
 @dataclass
 class DataCollatorForSupervisedDataset:
-    """Right-pads a batch; images of all samples are concatenated in sample order."""
+    """Right-pads a batch; images of all samples are concatenated in sample order.
+
+    With `image_size` (height, width), a text-only sample gets a zero image and `image_present` marks
+    which images are real, as in LLaVA: every batch then runs the vision tower and projector (the
+    trainer adds their zero-weighted output to the loss), so under ZeRO-3 no rank skips the tower's
+    parameter gathers while the others wait for it.
+    """
 
     pad_token_id: int
+    image_size: tuple[int, int] | None = None
 
     def __call__(self, items: list[dict]) -> dict:
         length = max(len(it["input_ids"]) for it in items)
@@ -199,7 +283,16 @@ class DataCollatorForSupervisedDataset:
             n = len(it["input_ids"])
             input_ids[row, :n], labels[row, :n], attention[row, :n] = it["input_ids"], it["labels"], 1
         batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
-        pixels = [it["pixel_values"] for it in items if "pixel_values" in it]
+        pixels, present = [], []
+        for it in items:
+            if "pixel_values" in it:
+                pixels.append(it["pixel_values"])
+                present += [True] * len(it["pixel_values"])
+            elif self.image_size is not None:
+                pixels.append(torch.zeros(1, 3, *self.image_size))
+                present.append(False)
         if pixels:
             batch["pixel_values"] = torch.cat(pixels)
+        if self.image_size is not None:
+            batch["image_present"] = torch.tensor(present, dtype=torch.bool)
         return batch

@@ -13,6 +13,8 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 PROJECTOR = "multi_modal_projector"
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# Modules QLoRA keeps unquantised (regexes matched from the start of a module's full name).
+QUANTISATION_SKIP = [r".*vision_tower", rf".*{PROJECTOR}", "lm_head"]
 
 
 def gathered(params, modifier_rank: int | None = None):
@@ -65,17 +67,25 @@ def load_projector(model: torch.nn.Module, path: str | Path) -> None:
             raise ValueError(f"{path}: projector keys missing {missing}, unexpected {unexpected}")
 
 
-def save_projector(model: torch.nn.Module, path: str | Path) -> None:
+def save_projector(model: torch.nn.Module, path: str | Path, *, write: bool = True) -> None:
+    """Every rank calls this (ZeRO-3 gathers the projector collectively); `write` picks the one that saves."""
     projector = find_projector(model)
     with gathered(projector.parameters()):
         state = {f"{PROJECTOR}.{k}": v.detach().cpu().contiguous() for k, v in projector.state_dict().items()}
-    save_file(state, str(path))
+    if write:
+        save_file(state, str(path))
 
 
 def load_base(
     path: str, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa", bits: int = 16
 ):
-    """The llava-hf model; 4/8-bit keeps the vision tower and projector unquantised."""
+    """The llava-hf model; 4/8-bit (QLoRA) quantises the language model's linear layers only.
+
+    The vision tower, the projector and `lm_head` stay in `dtype`, as in LLaVA's QLoRA. The skip patterns
+    are regexes so they match both transformers-5 names (`model.vision_tower.…`) and older ones.
+    """
+    if bits not in (4, 8, 16):
+        raise ValueError(f"--bits must be 4, 8 or 16, got {bits}")
     kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
     if bits in (4, 8):
         from transformers import BitsAndBytesConfig
@@ -84,10 +94,15 @@ def load_base(
             load_in_4bit=bits == 4,
             load_in_8bit=bits == 8,
             bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_quant_type="nf4",
-            llm_int8_skip_modules=["vision_tower", PROJECTOR, "lm_head"],
+            llm_int8_skip_modules=QUANTISATION_SKIP,
         )
     return LlavaForConditionalGeneration.from_pretrained(path, **kwargs)
+
+
+def is_quantised(model: torch.nn.Module) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
 def freeze_for_stage(
@@ -106,13 +121,40 @@ def freeze_for_stage(
         trains = (in_projector and not freeze_projector) or (
             not projector_only and not in_tower and not in_projector
         )
+        if trains and not p.is_floating_point():
+            trains = False  # a quantised (integer) weight: QLoRA trains adapters on it, never the weight
         p.requires_grad_(trains)
 
 
-def add_lora(model, *, r: int, alpha: int, dropout: float, freeze_projector: bool = False):
+def add_lora(
+    model,
+    *,
+    r: int,
+    alpha: int,
+    dropout: float,
+    freeze_projector: bool = False,
+    activation_checkpointing: bool = False,
+):
     """LoRA on every linear layer of the language model; the projector trains fully and is saved with it,
-    unless `freeze_projector` (then the adapter is LoRA only and uses the base's projector)."""
-    from peft import LoraConfig, get_peft_model
+    unless `freeze_projector` (then the adapter is LoRA only and uses the base's projector).
+
+    The adapter weights take the model's dtype (peft would make them fp32): ZeRO-3 flattens every
+    trainable weight into one buffer of one dtype, so fp32 LoRA beside a bf16 projector cannot start.
+    A quantised (QLoRA) model first goes through peft's `prepare_model_for_kbit_training`.
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if is_quantised(model):
+        before = {n: (p.requires_grad, p.dtype) for n, p in model.named_parameters()}
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=activation_checkpointing)
+        # It freezes everything and upcasts every float weight to fp32; keep the stage's choice of what
+        # trains, and keep the tower, projector, embeddings and head in the model's dtype (LLaVA's QLoRA
+        # keeps only the norms in fp32), which halves their memory.
+        for name, p in model.named_parameters():
+            trains, dtype = before[name]
+            p.requires_grad_(trains)
+            if p.is_floating_point() and "norm" not in name:
+                p.data = p.data.to(dtype)
 
     config = LoraConfig(
         r=r,
@@ -123,7 +165,7 @@ def add_lora(model, *, r: int, alpha: int, dropout: float, freeze_projector: boo
         modules_to_save=None if freeze_projector else [PROJECTOR],
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    return get_peft_model(model, config, autocast_adapter_dtype=False)
 
 
 def llava_processor(source: str | Path, image_aspect_ratio: str = "pad"):

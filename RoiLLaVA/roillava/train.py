@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 import transformers
 from transformers import HfArgumentParser, Trainer, TrainerCallback
+from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from .cos_data import ChainOfSpotDataset
-from .data import DataCollatorForSupervisedDataset, LazySupervisedDataset
+from .data import DataCollatorForSupervisedDataset, LazySupervisedDataset, ModalityLengthGroupedSampler
 from .model import (
     PROJECTOR,
     add_lora,
@@ -38,6 +39,7 @@ from .model import (
 
 logger = logging.getLogger(__name__)
 TRAIN_CONFIG_FILE = "roillava_train_config.json"
+PROJECTOR_FILE = "mm_projector.safetensors"
 
 
 @dataclass
@@ -95,14 +97,109 @@ class TrainingArguments(transformers.TrainingArguments):
         default=False,
         metadata={"help": "keep the base's projector frozen (with LoRA: out of the adapter)"},
     )
-    bits: int = field(default=16, metadata={"help": "4 or 8 for QLoRA (GPU + bitsandbytes)"})
+    bits: int = field(
+        default=16,
+        metadata={"help": "4 or 8: QLoRA (the language model's linear layers quantised; needs LoRA)"},
+    )
     remove_unused_columns: bool = False
+    group_by_modality_length: bool = field(
+        default=False,
+        metadata={"help": "LLaVA's sampler: each step's samples (all ranks) are all image or all text-only"},
+    )
 
 
 class LLaVATrainer(Trainer):
-    """The HF Trainer with an optimizer group per learning rate: the projector's `mm_projector_lr`
-    (LLaVA's) and, with `lora_plus_ratio`, the LoRA B matrices' ratio × the rate (LoRA+: B starts at
-    zero and learns slowly at A's rate)."""
+    """The HF Trainer with LLaVA's additions.
+
+    - An optimizer group per learning rate: the projector's `mm_projector_lr` (LLaVA's) and, with
+      `lora_plus_ratio`, the LoRA B matrices' ratio × the rate (LoRA+: B starts at zero and learns
+      slowly at A's rate).
+    - `group_by_modality_length`: LLaVA's sampler (one modality per step across ranks).
+    - Zero images of text-only samples (`image_present` False) run through the tower and projector
+      and enter the loss with weight 0, so every rank runs the same modules every step.
+    - Checkpoints hold what trains: projector-only runs (`projector_only`) save `mm_projector.safetensors`
+      instead of the whole model, and DeepSpeed's states leave out frozen weights (they come from the
+      base on resume).
+    """
+
+    def __init__(self, *args, projector_only: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.projector_only = projector_only
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if not self.args.group_by_modality_length:
+            return super()._get_train_sampler(train_dataset)
+        return ModalityLengthGroupedSampler(
+            dataset.modality_lengths,
+            batch_size=self.args.train_batch_size,
+            world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+            seed=self.args.seed,
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        present = inputs.pop("image_present", None)
+        zero_images = None
+        if present is not None and not bool(present.all()):
+            pixels = inputs.pop("pixel_values")
+            zero_images = pixels[~present]
+            if bool(present.any()):
+                inputs["pixel_values"] = pixels[present]
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if zero_images is None:
+            return result
+        features = (
+            self.accelerator.unwrap_model(model)
+            .get_image_features(pixel_values=zero_images, return_dict=True)
+            .pooler_output
+        )
+        unused = sum(f.sum() for f in features) * 0.0
+        if return_outputs:
+            return result[0] + unused, result[1]
+        return result + unused
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if not self.projector_only:
+            return super().save_model(output_dir, _internal_call)
+        out = Path(output_dir or self.args.output_dir)
+        if self.args.should_save:
+            out.mkdir(parents=True, exist_ok=True)
+        save_projector(self.model, out / PROJECTOR_FILE, write=self.args.should_save)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.is_deepspeed_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        # DeepSpeed's module states would hold every frozen weight too (the whole base for stage 1).
+        self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+        from accelerate.utils import DeepSpeedSchedulerWrapper
+
+        if self.args.should_save and not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
+            torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_NAME)
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        if not (self.is_deepspeed_enabled and resume_from_checkpoint):
+            return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        # The Trainer loads DeepSpeed's module states strictly unless the model is PEFT; ours leave the
+        # frozen weights out, so load them leniently (the frozen ones are the base's, already loaded).
+        model, train_dataloader = super()._prepare_for_training(max_steps, train_dataloader, None)
+        load_path, _ = self.model_wrapped.load_checkpoint(
+            resume_from_checkpoint,
+            load_module_strict=False,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+        )
+        if load_path is None:
+            raise ValueError(f"DeepSpeed could not resume from {resume_from_checkpoint}")
+        self._load_optimizer_and_scheduler(resume_from_checkpoint)
+        self._load_scaler(resume_from_checkpoint)
+        return model, train_dataloader
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        projector = Path(resume_from_checkpoint) / PROJECTOR_FILE
+        if self.projector_only and projector.is_file():
+            load_projector(self.model if model is None else model, projector)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def param_lr(self, name: str) -> float:
         if PROJECTOR in name and self.args.mm_projector_lr is not None:
@@ -178,6 +275,12 @@ def load_processor(model_args: ModelArguments, data_args: DataArguments):
     return llava_processor(model_args.model_name_or_path, data_args.image_aspect_ratio)
 
 
+def processed_image_size(image_processor) -> tuple[int, int]:
+    """(height, width) of the pixel values the processor makes: the crop it ends with."""
+    crop = dict(image_processor.crop_size)
+    return int(crop["height"]), int(crop["width"])
+
+
 def remove_shm_buffer_at_exit() -> None:
     """DeepSpeed's CPU all-reduce maps a 69 MB file in /dev/shm per rank, named by address and port,
     and never removes it: every CPU run would leak one. Remove this rank's when the process exits."""
@@ -191,6 +294,10 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
+    if training_args.bits in (4, 8) and not (training_args.lora_enable or model_args.tune_mm_mlp_adapter):
+        raise ValueError(
+            f"--bits {training_args.bits} quantises the language model: it needs --lora_enable True"
+        )
     processor = load_processor(model_args, data_args)
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     model = load_base(
@@ -236,6 +343,7 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
             alpha=training_args.lora_alpha,
             dropout=training_args.lora_dropout,
             freeze_projector=training_args.freeze_mm_mlp_adapter,
+            activation_checkpointing=training_args.activation_checkpointing,
         )
 
     config = run_config(model_args, data_args, training_args)
@@ -243,9 +351,12 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=DataCollatorForSupervisedDataset(processor.tokenizer.pad_token_id),
+        data_collator=DataCollatorForSupervisedDataset(
+            processor.tokenizer.pad_token_id, image_size=processed_image_size(processor.image_processor)
+        ),
         callbacks=[SaveConfigCallback(config)]
         + ([EpochCallback(dataset)] if hasattr(dataset, "set_epoch") else []),
+        projector_only=model_args.tune_mm_mlp_adapter,
     )
     last = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
     if last:
@@ -254,12 +365,7 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
     trainer.save_state()
 
     out = Path(training_args.output_dir)
-    if model_args.tune_mm_mlp_adapter:
-        if trainer.is_world_process_zero():
-            out.mkdir(parents=True, exist_ok=True)
-        save_projector(model, out / "mm_projector.safetensors")
-    else:
-        trainer.save_model(str(out))
+    trainer.save_model(str(out))  # projector-only runs: mm_projector.safetensors alone
     if trainer.is_world_process_zero():
         processor.save_pretrained(out)
         (out / TRAIN_CONFIG_FILE).write_text(json.dumps(config, indent=1))

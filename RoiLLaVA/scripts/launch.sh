@@ -13,6 +13,16 @@ launch() {
     esac
 }
 
+# TF32 matmuls (LLaVA-1.5 passes --tf32 True) exist on Ampere and newer GPUs only, and the Trainer stops
+# on --tf32 True elsewhere. TF32=auto (default) passes True when nvidia-smi reports compute capability
+# 8.0 or more and leaves the flag out otherwise (a CPU, an older GPU); TF32=True/False forces it.
+TF32=${TF32:-auto}
+if [ "$TF32" = auto ]; then
+    TF32=
+    CAPABILITY=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 || true)
+    if [ "${CAPABILITY%%.*}" -ge 8 ] 2>/dev/null; then TF32=True; fi
+fi
+
 # Run plumbing every recipe shares (precision, length, schedule shape, logging, checkpoints);
 # each script adds its own data, model and hyper-parameters.
 COMMON_ARGS=(
@@ -31,4 +41,5 @@ COMMON_ARGS=(
     --dataloader_num_workers "${WORKERS:-4}"
     --seed "${SEED:-42}"
     --report_to "${REPORT_TO:-none}"
+    ${TF32:+--tf32 "$TF32"}
 )

@@ -15,6 +15,7 @@ launch train.py \
     --data_path "${DATA_PATH:-../playground/data/llava_v1_5_mix665k.json}" \
     --image_folder "${IMAGE_FOLDER:-../playground/data}" \
     --image_aspect_ratio pad \
+    --group_by_modality_length "${GROUP_BY_MODALITY:-True}" \
     --output_dir "${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b}" \
     --per_device_train_batch_size "${BATCH:-16}" \
     --save_steps "${SAVE_STEPS:-50000}" \

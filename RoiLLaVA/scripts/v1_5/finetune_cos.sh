@@ -20,6 +20,7 @@ launch train.py \
     --roi_data_path "${ROI_DATA:-../playground/data/chain-of-spot.json}" \
     --roi_wording "${ROI_WORDING:-where}" \
     --image_aspect_ratio pad \
+    --group_by_modality_length "${GROUP_BY_MODALITY:-True}" \
     --output_dir "${OUTPUT_DIR:-./checkpoints/cos-v1.5-7b}" \
     --per_device_train_batch_size "${BATCH:-16}" \
     --save_steps "${SAVE_STEPS:-50000}" \
