@@ -271,6 +271,21 @@ class SwiLLaVA(nn.Module):
         )
         return self.llava(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As `nn.Module`'s, except that a strict load accepts missing frozen weights: a checkpoint of a
+        projector or LoRA stage (DeepSpeed's resume states included) holds only what trains, and the
+        frozen rest is the base this model was built from."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        if strict:
+            trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+            missing = [k for k in result.missing_keys if k in trainable]
+            if missing or result.unexpected_keys:
+                raise RuntimeError(
+                    f"SwiLLaVA state dict: missing trained weights {missing[:5]} ({len(missing)}), "
+                    f"unexpected keys {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
+                )
+        return result
+
     def activation_checkpointing_enable(self, **kwargs) -> None:
         """Called by the HF Trainer; checkpointing lives in the language model."""
         self.core.activation_checkpointing_enable(**kwargs)
@@ -437,7 +452,9 @@ def add_lora(
     """LoRA on every linear layer of the language model; the trained projectors are saved with it.
 
     With `freeze_mlp_projector` the adapter keeps the base's MLP projector (no copy in the adapter),
-    so an agent holding several adapters on one base stores it once.
+    so an agent holding several adapters on one base stores it once. The LoRA weights take the model's
+    dtype (peft would keep them in float32): ZeRO-3 packs all trainable weights into one buffer of one
+    dtype, beside the bf16 projector copies.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -450,7 +467,7 @@ def add_lora(
         modules_to_save=[OBJECT_PROJECTOR] if freeze_mlp_projector else [MLP_PROJECTOR, OBJECT_PROJECTOR],
         task_type="CAUSAL_LM",
     )
-    swi.llava = get_peft_model(swi.llava, config)
+    swi.llava = get_peft_model(swi.llava, config, autocast_adapter_dtype=False)
 
 
 def load_trained_weights(swi: SwiLLaVA, directory: str | Path) -> None:

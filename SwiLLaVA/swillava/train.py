@@ -10,6 +10,7 @@ resumes from the last `checkpoint-*` in `--output_dir` automatically.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import os
@@ -165,6 +166,19 @@ class SwiTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_trained_weights(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """DeepSpeed's resume states hold the trained weights only: by default its `mp_rank_*_model_states.pt`
+        holds the whole module (the frozen 7B included, ~13 GB) although only projectors or LoRA train.
+        The frozen weights come back from the base on resume (`SwiLLaVA.load_state_dict`)."""
+        engine = self.model_wrapped if self.is_deepspeed_enabled else None
+        if engine is None or not hasattr(engine, "save_checkpoint"):
+            return super()._save_optimizer_and_scheduler(output_dir)
+        engine.save_checkpoint = functools.partial(engine.save_checkpoint, exclude_frozen_parameters=True)
+        try:
+            super()._save_optimizer_and_scheduler(output_dir)
+        finally:
+            del engine.save_checkpoint  # the bound method again
 
 
 def load_processor(model_args: ModelArguments, data_args: DataArguments):
