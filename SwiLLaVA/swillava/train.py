@@ -117,6 +117,14 @@ class TrainingArguments(transformers.TrainingArguments):
     )
     remove_unused_columns: bool = False
 
+    def __post_init__(self):
+        # LLaVA's recipe passes --tf32 True; without an Ampere GPU (a CPU run, an older card) transformers
+        # would refuse it, so it is dropped with a warning rather than stopping the run.
+        if self.tf32 and not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)):
+            logger.warning("--tf32 True ignored: no Ampere or newer GPU")
+            self.tf32 = None
+        super().__post_init__()
+
 
 def is_projector_param(name: str) -> bool:
     return f"{MLP_PROJECTOR}." in name or f"{OBJECT_PROJECTOR}." in name
@@ -291,6 +299,11 @@ def train(argv: list[str] | None = None) -> None:
             object_projector=True,
         )
         if training_args.lora_enable:
+            if model_args.pretrain_mm_mlp_adapter and training_args.freeze_mm_mlp_adapter:
+                raise ValueError(
+                    "--pretrain_mm_mlp_adapter with --freeze_mm_mlp_adapter True: the adapter would not hold the "
+                    "loaded MLP projector (it shares the base's); pass --freeze_mm_mlp_adapter False"
+                )
             add_lora(
                 model,
                 r=training_args.lora_r,
