@@ -371,7 +371,6 @@ def test_encode_and_collate(tmp_path, processor) -> None:
         bad[0]
 
 
-
 def test_model_max_length_counts_each_image_as_one_token_as_lisa_does(processor) -> None:
     """LISA cuts the text (image as one token) at model_max_length - 255; 576 image rows change nothing."""
     from segllava.train import SegTrainArgs, check_args, text_token_limit
@@ -394,6 +393,7 @@ def test_model_max_length_counts_each_image_as_one_token_as_lisa_does(processor)
     assert len(ids) - 575 == limit and len(labels) == len(ids) and ids.count(seg_id) == 1
     with pytest.raises(ValueError, match="--model_max_length 200 leaves -55 text tokens"):
         check_args(SegTrainArgs(model_max_length=200))
+
 
 def test_split_metrics_golden_subsets() -> None:
     """LISA's gIoU/cIoU over a split and per subset: empty/empty counts 1.0, 255 is ignored."""

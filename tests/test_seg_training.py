@@ -92,7 +92,9 @@ def test_two_deepspeed_steps_write_a_self_contained_adapter(run) -> None:
             assert (d / name).is_file(), d / name
     assert any((ckpt / "global_step2").iterdir())  # the DeepSpeed state --auto_resume restarts from
     # DeepSpeed's module states hold only what trains (about the adapter + heads), not the frozen LLaVA and SAM.
-    trained_bytes = sum((ckpt / f).stat().st_size for f in ("adapter_model.safetensors", "seg_heads.safetensors"))
+    trained_bytes = sum(
+        (ckpt / f).stat().st_size for f in ("adapter_model.safetensors", "seg_heads.safetensors")
+    )
     states_bytes = sum(f.stat().st_size for f in (ckpt / "global_step2").glob("*model_states.pt"))
     assert 0 < states_bytes < 2 * trained_bytes
     # The default --train_embeddings new_tokens: the adapter holds the added tokens' rows, not the matrices.

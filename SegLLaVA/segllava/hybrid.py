@@ -36,7 +36,8 @@ def encode_conversations(
         n_images = ids.count(layout.image_token_id) // layout.image_length
         length = len(ids) - n_images * extra_rows
         if length > max_length:
-            cut_at = max_length + n_images * extra_rows  # every image run lies before the cut, or it is refused
+            # Every image run lies before the cut, or the cut is refused below.
+            cut_at = max_length + n_images * extra_rows
             cut = ids[cut_at:]
             if seg_token_id in cut or layout.image_token_id in cut:
                 raise DataError(

@@ -138,8 +138,10 @@ class SegTrainArgs:
     )
     train_embeddings: str = field(
         default="new_tokens",
-        metadata={"help": "new_tokens (only the added tokens' rows train and are saved) | full (LISA: copies "
-                  "of embed_tokens and lm_head, 262.7M parameters at 7B)"},
+        metadata={
+            "help": "new_tokens (only the added tokens' rows train and are saved) | full (LISA: copies "
+            "of embed_tokens and lm_head, 262.7M parameters at 7B)"
+        },
     )
     train_sam_encoder: bool = field(
         default=False, metadata={"help": "toy world only: train SAM's image encoder"}
