@@ -109,3 +109,40 @@ def test_bf16_stages_under_zero_train_save_only_trained_weights_and_resume(tiny_
     assert 0 < deepspeed_states_bytes(lora / "checkpoint-1") < 2 * adapter_bytes < whole_model_bytes / 4
     log = run_sh("finetune_lora.sh", {**env, "MAX_STEPS": "2"}, tmp_path / "lora2.log")
     assert "resuming from" in log and (lora / "checkpoint-2" / "adapter_model.safetensors").is_file()
+
+
+def test_qlora_quantises_only_the_language_model_and_trains(tiny_base, toy_world, tmp_path):
+    """`--bits 4`: CLIP, both projectors (the perceiver included) and lm_head stay in full precision; only the
+    language model's linears are 4-bit, none of them trains; a LoRA step runs (bitsandbytes on this CPU)."""
+    import bitsandbytes as bnb
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from swillava.model import SwiConfig, build_switch, quantization_config, set_trainable
+
+    llava = LlavaForConditionalGeneration.from_pretrained(
+        tiny_base, dtype=torch.bfloat16, quantization_config=quantization_config(4, torch.bfloat16)
+    )
+    swi = build_switch(
+        llava, AutoProcessor.from_pretrained(tiny_base).tokenizer, SwiConfig(base_model=str(tiny_base))
+    )
+    quantised = {n for n, m in swi.core.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert quantised and all(".language_model." in n for n in quantised)
+    assert any(n.endswith("self_attn.q_proj") for n in quantised)
+    for part in ("vision_tower", "multi_modal_projector", "mm_projector_object"):
+        assert not any(f".{part}." in n for n in quantised), part
+    assert not isinstance(swi.core.lm_head, bnb.nn.Linear4bit)
+    set_trainable(swi, language_model=True, mlp_projector=True, object_projector=True)  # no error on uint8
+    assert not any(p.requires_grad for p in swi.core.parameters() if not p.is_floating_point())
+
+    toy = toy_world["playground"] / "data" / "toy"
+    out = tmp_path / "qlora"
+    log = run_sh(
+        "finetune_lora.sh",
+        {"MODEL": str(tiny_base), "IMAGE_FOLDER": str(toy / "images"), "DATA_PATH": str(toy / "seal" / "toy_focus_data.json"),
+         "OUTPUT_DIR": str(out), "MAX_STEPS": "1", "OBJECT_PROJECTOR": "", "LORA_R": "8", "LORA_ALPHA": "16",
+         "LAUNCHER": "python", "DS_CONFIG": "", "BF16": "True", "EXTRA_ARGS": f"{TINY_PERCEIVER} --use_cpu True --bits 4"},
+        tmp_path / "qlora.log",
+    )  # fmt: skip
+    assert "'loss'" in log
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert all("lora_" in k or "mm_projector_object" in k for k in adapter)

@@ -42,6 +42,29 @@ OBJECT_PROJECTOR_FILE = "mm_projector_object.safetensors"
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+# Kept in full precision under --bits 4/8 (transformers-5 module paths, matched from the start of a name): CLIP,
+# both projectors (they train or feed trained rows) and lm_head.
+QUANT_SKIP_MODULES = ["model.vision_tower", f"model.{MLP_PROJECTOR}", f"model.{OBJECT_PROJECTOR}", "lm_head"]
+
+
+def quantization_config(
+    bits: int, compute_dtype: torch.dtype, quant_type: str = "nf4", double_quant: bool = True
+):
+    """bitsandbytes settings for QLoRA: the language model's linears in 4 or 8 bits, the rest as loaded."""
+    from transformers import BitsAndBytesConfig
+
+    if bits not in (4, 8):
+        raise ValueError(f"--bits must be 4, 8 or 16, got {bits}")
+    return BitsAndBytesConfig(
+        load_in_4bit=bits == 4,
+        load_in_8bit=bits == 8,
+        llm_int8_skip_modules=QUANT_SKIP_MODULES,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_quant_type=quant_type,
+    )
+
+
 def lora_targets(modules: tuple[str, ...] = LORA_MODULES) -> str:
     """peft's target regex: the named linear layers of the language model only (never CLIP's)."""
     unknown = sorted(set(modules) - set(LORA_MODULES))
@@ -430,6 +453,8 @@ def set_trainable(
 ) -> None:
     """Choose what trains; the vision tower never does (LLaVA-1.5, SEAL)."""
     for name, p in swi.core.named_parameters():
+        if not p.is_floating_point():  # quantised (--bits 4/8) weights never train
+            continue
         if f"{OBJECT_PROJECTOR}." in name:
             p.requires_grad_(object_projector)
         elif f"{MLP_PROJECTOR}." in name:

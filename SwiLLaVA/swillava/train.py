@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import transformers
 from transformers import HfArgumentParser, LlavaForConditionalGeneration, Trainer
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 
 from .data import SealCollator, SealDataset
@@ -37,6 +38,7 @@ from .model import (
     load_mlp_projector,
     load_object_projector,
     load_trained_weights,
+    quantization_config,
     set_trainable,
 )
 
@@ -116,6 +118,12 @@ class TrainingArguments(transformers.TrainingArguments):
         metadata={"help": "LoRA stage: keep the base's MLP projector frozen (and out of the adapter)"},
     )
     remove_unused_columns: bool = False
+    bits: int = field(
+        default=16,
+        metadata={"help": "16, or 4/8: QLoRA, the language model's linears quantised (bitsandbytes)"},
+    )
+    quant_type: str = field(default="nf4", metadata={"help": "4-bit data type: nf4 | fp4"})
+    double_quant: bool = field(default=True, metadata={"help": "4-bit: quantise the quantisation constants"})
 
     def __post_init__(self):
         # LLaVA's recipe passes --tf32 True; without an Ampere GPU (a CPU run, an older card) transformers
@@ -244,8 +252,22 @@ def train(argv: list[str] | None = None) -> None:
     transformers.set_seed(training_args.seed)  # the object projector's initialisation
     processor = load_processor(model_args, data_args)
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    quantization = None
+    if training_args.bits != 16:
+        if not training_args.lora_enable or model_args.projector_only:
+            raise ValueError(
+                "--bits 4/8 quantises the frozen language model under LoRA: pass --lora_enable True"
+            )
+        if is_deepspeed_zero3_enabled():
+            raise ValueError("--bits 4/8 does not run under ZeRO-3: use scripts/zero2.json or no DeepSpeed")
+        quantization = quantization_config(
+            training_args.bits, dtype, training_args.quant_type, training_args.double_quant
+        )
     llava = LlavaForConditionalGeneration.from_pretrained(
-        model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation
+        model_args.model_name_or_path,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        quantization_config=quantization,
     )
     llava.config.use_cache = False
     config = swi_config(model_args)
