@@ -39,7 +39,11 @@ def run(real_base, toy_world, tmp_path_factory) -> dict:
         f"--log_base_dir={tmp / 'runs'}", "--epochs=1", "--steps_per_epoch=2", "--batch_size=1",
         "--grad_accumulation_steps=1", "--workers=0", "--warmup_steps=0", "--no_eval=True", "--use_cpu=True",
     ]  # fmt: skip
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONUNBUFFERED": "1",
+    }
     proc = subprocess.run(cmd, cwd=SEG, env=env, capture_output=True, text=True, timeout=900)
     log = proc.stdout + proc.stderr
     (tmp / "train.log").write_text(log)
@@ -65,7 +69,11 @@ def test_two_bf16_zero2_steps_save_only_trained_weights(run) -> None:
     states = sum(f.stat().st_size for f in ckpt.glob("global_step*/*model_states.pt"))
     assert 0 < states < 2 * trained < 2**27  # the whole model would be ~1.1 GB
     args = json.loads((out / "segllava_train_config.json").read_text())["args"]
-    assert args["model_max_length"] == 512 and args["precision"] == "bf16" and args["train_embeddings"] == "new_tokens"
+    assert (
+        args["model_max_length"] == 512
+        and args["precision"] == "bf16"
+        and args["train_embeddings"] == "new_tokens"
+    )
 
 
 def test_576_image_rows_fit_lisas_512_and_masks_come_back_at_the_image_size(run) -> None:

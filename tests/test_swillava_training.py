@@ -107,6 +107,9 @@ def test_bf16_stages_under_zero_train_save_only_trained_weights_and_resume(tiny_
     assert {v.dtype for v in adapter.values()} == {torch.bfloat16}
     adapter_bytes = (lora / "checkpoint-1" / "adapter_model.safetensors").stat().st_size
     assert 0 < deepspeed_states_bytes(lora / "checkpoint-1") < 2 * adapter_bytes < whole_model_bytes / 4
+    # LLaVA's recipe: no gradient clipping; --tf32 True is passed and dropped on this CPU.
+    training = json.loads((lora / "checkpoint-1" / "swillava_train_config.json").read_text())["training"]
+    assert training["max_grad_norm"] == 0 and training["tf32"] is None and "--tf32 True ignored" in log
     log = run_sh("finetune_lora.sh", {**env, "MAX_STEPS": "2"}, tmp_path / "lora2.log")
     assert "resuming from" in log and (lora / "checkpoint-2" / "adapter_model.safetensors").is_file()
 
