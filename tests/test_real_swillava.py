@@ -123,3 +123,22 @@ def test_saved_processor_pads_and_images_are_576_rows(runs) -> None:
         want_objects = sum(model.feature_length(lg) for lg, p in zip(long, present) if p)
         assert int((ids == layout.object_token_id).sum()) == want_objects and any(present)
         assert item["object_pixel_values"].shape[-2:] == (336, 336)
+
+
+def test_qlora_4bit_step_at_real_widths(runs, real_base, tmp_path) -> None:
+    """`--bits 4` (no DeepSpeed: bitsandbytes weights do not shard): the 4096/11008 linears quantise and a LoRA
+    step runs; CLIP, both projectors and lm_head stay bf16, so the adapter holds LoRA and the perceiver only."""
+    out = tmp_path / "qlora"
+    log = run_sh(
+        "finetune_lora.sh",
+        {"MODEL": str(real_base), "IMAGE_FOLDER": str(runs["toy"] / "images"), "OUTPUT_DIR": str(out), "BATCH": "1",
+         "DATA_PATH": str(runs["toy"] / "seal" / "toy_focus_data.json"), "LAUNCHER": "python", "DS_CONFIG": "",
+         "SAVE_STEPS": "100", "LORA_R": "16", "LORA_ALPHA": "32",
+         "OBJECT_PROJECTOR": str(runs["pretrain"] / "mm_projector_object.safetensors"),
+         "EXTRA_ARGS": f"{PERCEIVER} --bits 4"},
+        tmp_path / "qlora.log",
+    )  # fmt: skip
+    assert "'loss'" in log
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert all("lora_" in k or "mm_projector_object" in k for k in adapter)
+    assert any(".mlp.down_proj.lora_A." in k and v.shape == (16, 11008) for k, v in adapter.items())
