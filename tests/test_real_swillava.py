@@ -118,10 +118,10 @@ def test_saved_processor_pads_and_images_are_576_rows(runs) -> None:
         ids = item["input_ids"]
         assert item["pixel_values"].shape == (3, 336, 336)
         want_image = model.feature_length(bool(item["image_long"])) if item["image_present"] else 0
-        assert int((ids == layout.image_token_id).sum()) == want_image
+        assert int((ids == layout.image_id).sum()) == want_image
         present, long = item["object_present"].tolist(), item["object_long"].tolist()
         want_objects = sum(model.feature_length(lg) for lg, p in zip(long, present) if p)
-        assert int((ids == layout.object_token_id).sum()) == want_objects and any(present)
+        assert int((ids == layout.object_id).sum()) == want_objects and any(present)
         assert item["object_pixel_values"].shape[-2:] == (336, 336)
 
 
