@@ -45,6 +45,8 @@ launch train.py \
     --lr_scheduler_type cosine \
     --logging_steps "${LOG_STEPS:-1}" \
     --model_max_length "${MAX_LEN:-2048}" \
+    --tf32 "${TF32:-True}" \
+    --max_grad_norm "${MAX_GRAD_NORM:-0}" \
     --activation_checkpointing "${GRAD_CKPT:-True}" \
     --dataloader_num_workers "${WORKERS:-4}" \
     --seed "${SEED:-42}" \

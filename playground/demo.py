@@ -55,6 +55,7 @@ SWITCH_PRETRAIN = {
     "BATCH": "16",
     "LR": "2e-3",
     "EXTRA_ARGS": f"{SWITCH_ARCH} --warmup_steps 0",
+    "MAX_GRAD_NORM": "1.0",  # the scripts' default is LLaVA's (no clipping); the toy recipe clips
 }
 # Naming the missing object (copying it from the question) comes with the number of updates, not of
 # samples: 180 steps of 16 named it in 78% of System-2 decisions, 400 steps of 6 (the same time) in 99.5%.
@@ -66,6 +67,7 @@ SWITCH_TRAIN = {
     "LORA_R": "8",
     "LORA_ALPHA": "16",
     "EXTRA_ARGS": f"{SWITCH_ARCH} --lora_dropout 0 --freeze_mm_mlp_adapter True",
+    "MAX_GRAD_NORM": "1.0",
 }
 TOY_ENV = {
     "IMAGE_FOLDER": str(TOY / "images"),

@@ -371,6 +371,30 @@ def test_encode_and_collate(tmp_path, processor) -> None:
         bad[0]
 
 
+def test_model_max_length_counts_each_image_as_one_token_as_lisa_does(processor) -> None:
+    """LISA cuts the text (image as one token) at model_max_length - 255; 576 image rows change nothing."""
+    from segllava.train import SegTrainArgs, check_args, text_token_limit
+
+    tok = processor.tokenizer
+    ids_of = tok.convert_tokens_to_ids
+    layout = TokenLayout(
+        ids_of("<image>"), 576, tok.bos_token_id, tok.eos_token_id, ids_of("<im_start>"), ids_of("<im_end>")
+    )
+    seg_id = ids_of("[SEG]")
+    limit = text_token_limit(512)
+    assert limit == 257
+    question = "<image>\n" + "What is the thing you sit on? " * 3
+    short = Sample("x.jpg", [[(question, "Sure, [SEG].")]], np.zeros((1, 2, 2)))
+    (ids,), _, _ = encode_conversations(short, tok, layout, seg_id, limit)
+    assert len(ids) > 600 and ids.count(layout.image_token_id) == 576 and ids.count(seg_id) == 1
+    long = Sample("x.jpg", [[("<image>\nThe thing you sit on.", "[SEG]" + " because it is a chair" * 80)]],
+                  np.zeros((1, 2, 2)))  # fmt: skip
+    (ids,), (labels,), _ = encode_conversations(long, tok, layout, seg_id, limit)
+    assert len(ids) - 575 == limit and len(labels) == len(ids) and ids.count(seg_id) == 1
+    with pytest.raises(ValueError, match="--model_max_length 200 leaves -55 text tokens"):
+        check_args(SegTrainArgs(model_max_length=200))
+
+
 def test_split_metrics_golden_subsets() -> None:
     """LISA's gIoU/cIoU over a split and per subset: empty/empty counts 1.0, 255 is ignored."""
     from segllava.validate import split_metrics

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from transformers import SamModel
 
 from segllava.inference import teacher_forced_masks
@@ -25,7 +26,7 @@ SEG = ROOT / "SegLLaVA"
 TOY_FLAGS = [
     "--sem_seg_data=ade20k", "--refer_seg_data=refcoco", "--epochs=1", "--steps_per_epoch=2", "--batch_size=1",
     "--grad_accumulation_steps=1", "--precision=fp32", "--workers=0", "--gradient_checkpointing=False",
-    "--lr=1e-2", "--warmup_steps=0", "--val_batch_size=2", "--train_embeddings=new_tokens",
+    "--lr=1e-2", "--warmup_steps=0", "--val_batch_size=2",
 ]  # fmt: skip
 
 
@@ -90,6 +91,17 @@ def test_two_deepspeed_steps_write_a_self_contained_adapter(run) -> None:
         ):
             assert (d / name).is_file(), d / name
     assert any((ckpt / "global_step2").iterdir())  # the DeepSpeed state --auto_resume restarts from
+    # DeepSpeed's module states hold only what trains (about the adapter + heads), not the frozen LLaVA and SAM.
+    trained_bytes = sum(
+        (ckpt / f).stat().st_size for f in ("adapter_model.safetensors", "seg_heads.safetensors")
+    )
+    states_bytes = sum(f.stat().st_size for f in (ckpt / "global_step2").glob("*model_states.pt"))
+    assert 0 < states_bytes < 2 * trained_bytes
+    # The default --train_embeddings new_tokens: the adapter holds the added tokens' rows, not the matrices.
+    adapter = load_file(ckpt / "adapter_model.safetensors")
+    rows = [v for k, v in adapter.items() if "trainable_tokens_delta" in k]
+    assert len(rows) == 2 and all(v.shape[0] == 3 for v in rows)
+    assert not any("embed_tokens.weight" in k or "lm_head.weight" in k for k in adapter)
     assert list(out.glob("events.out.tfevents.*"))  # TensorBoard, in the run directory as LISA's
     config = json.loads((out / "segllava_config.json").read_text())
     assert config["weights"] == "lora" and config["sam_trained"] == ["mask_decoder"]

@@ -23,18 +23,28 @@ from .sources import Sample
 def encode_conversations(
     sample: Sample, tokenizer, layout: TokenLayout, seg_token_id: int, max_length: int
 ) -> tuple[list[list[int]], list[list[int]], list[np.ndarray]]:
-    """Ids, labels and the gt masks of each conversation (one mask per `[SEG]`, in order)."""
+    """Ids, labels and the gt masks of each conversation (one mask per `[SEG]`, in order).
+
+    `max_length` counts tokens as LISA's collator does, each image as one placeholder token whatever its
+    number of feature rows (256 in LISA, 576 at CLIP-336): a longer conversation is cut there, after its
+    image runs, so the same text is kept whatever the vision tower.
+    """
     all_ids, all_labels = [], []
+    extra_rows = layout.image_length - 1
     for k, turns in enumerate(sample.conversations):
         ids, labels = tokenize_segments(conversation_segments(turns), tokenizer, layout)
-        if len(ids) > max_length:
-            cut = ids[max_length:]
+        n_images = ids.count(layout.image_token_id) // layout.image_length
+        length = len(ids) - n_images * extra_rows
+        if length > max_length:
+            # Every image run lies before the cut, or the cut is refused below.
+            cut_at = max_length + n_images * extra_rows
+            cut = ids[cut_at:]
             if seg_token_id in cut or layout.image_token_id in cut:
                 raise DataError(
-                    f"{sample.image_path}: conversation {k} is {len(ids)} tokens; cutting it to --model_max_length "
-                    f"{max_length} would drop a [SEG] or image token"
+                    f"{sample.image_path}: conversation {k} is {length} tokens (each image counted as one); "
+                    f"cutting it to {max_length} (--model_max_length) would drop a [SEG] or image token"
                 )
-            ids, labels = ids[:max_length], labels[:max_length]
+            ids, labels = ids[:cut_at], labels[:cut_at]
         all_ids.append(ids)
         all_labels.append(labels)
     counts = [ids.count(seg_token_id) for ids in all_ids]

@@ -370,6 +370,20 @@ class SegLLaVA(nn.Module):
         self.core.enable_input_require_grads()
 
     # --- saving ------------------------------------------------------------------------------------------
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As `nn.Module`'s, except that a strict load accepts missing frozen weights: DeepSpeed's resume
+        states hold only what trains (LoRA, new token rows, heads); the frozen rest is the base and SAM."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        if strict:
+            trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+            missing = [k for k in result.missing_keys if k in trainable]
+            if missing or result.unexpected_keys:
+                raise RuntimeError(
+                    f"SegLLaVA state dict: missing trained weights {missing[:5]} ({len(missing)}), "
+                    f"unexpected keys {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
+                )
+        return result
+
     def save_pretrained(
         self, directory: str | Path, *, state_dict: dict[str, torch.Tensor] | None = None
     ) -> None:

@@ -4,22 +4,24 @@
         --vision_pretrained=<SAM dir or sam_vit_h_4b8939.pth> --dataset="sem_seg||refer_seg" --sample_rates="3,1" \
         --exp_name=<name>
 
-LISA's flags and defaults are kept (upstream-spec §4.4): LoRA r8/α16 on q_proj,v_proj; `lm_head`,
-`embed_tokens`, SAM's mask decoder and `text_hidden_fcs` train fully; lr 3e-4 with AdamW β (0.9, 0.95),
+LISA's flags and defaults are kept except one: LoRA r8/α16 on q_proj,v_proj; the added tokens' rows of
+`embed_tokens` and `lm_head` (LISA trains both whole matrices: `--train_embeddings full`), SAM's mask
+decoder and `text_hidden_fcs` train; lr 3e-4 with AdamW β (0.9, 0.95),
 100 warm-up steps then linear decay over `epochs × steps_per_epoch`; batch 2 × 10 accumulation; loss
 CE + 2·BCE + 0.5·Dice. The run lives in `<log_base_dir>/<exp_name>` (TensorBoard events, `checkpoint-*`,
 the final adapter); gIoU/cIoU on `--val_dataset` after every epoch keep the best checkpoint, and
 `--auto_resume` (on by default) continues from the last checkpoint. Customised in the Trainer are only the
 checkpoint layout (`SegLLaVA.save_pretrained`), the validation (`validate.py`) and the loss-part logging.
 
-Additions: `--train_embeddings new_tokens` trains only the rows of the added tokens (`[SEG]`, `<im_start>`,
-`<im_end>`) instead of copies of both matrices (LISA's `full`, the default), so the adapter stays small;
+Additions: `--train_embeddings new_tokens` (the default) trains only the rows of the added tokens (`[SEG]`,
+`<im_start>`, `<im_end>`) instead of copies of both matrices (LISA's, `full`), so the adapter stays small;
 `--train_sam_encoder` also trains SAM's image encoder (for the toy world's tiny SAM; a real SAM is pretrained).
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import os
@@ -49,6 +51,14 @@ logger = logging.getLogger(__name__)
 TRAIN_CONFIG_FILE = "segllava_train_config.json"
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# LISA's image is 256 feature rows (CLIP-224); its collator cuts the text, the image counted as one token, at
+# `model_max_length - 255`, so that the expanded sequence fits `model_max_length`.
+LISA_IMAGE_ROWS = 256
+
+
+def text_token_limit(model_max_length: int) -> int:
+    """Tokens a conversation keeps, each image counted as one placeholder (LISA's cut, whatever the tower)."""
+    return model_max_length - (LISA_IMAGE_ROWS - 1)
 
 
 @dataclass
@@ -100,7 +110,13 @@ class SegTrainArgs:
     image_size: int | None = field(
         default=None, metadata={"help": "SAM input size (default: the SAM's config)"}
     )
-    model_max_length: int = 512
+    model_max_length: int = field(
+        default=512,
+        metadata={
+            "help": "LISA's: a conversation, each image counted as one token, is cut at model_max_length - 255 "
+            "(LISA's 256-row image then fits in model_max_length); the image's rows come on top"
+        },
+    )
     out_dim: int | None = field(default=None, metadata={"help": "[SEG] projection width (default: SAM's)"})
     conv_type: str = field(default="llava_v1", metadata={"help": "llava_v1 (the only template LISA trains)"})
     image_aspect_ratio: str = field(
@@ -121,11 +137,17 @@ class SegTrainArgs:
         default=str(SCRIPTS / "zero2.json"), metadata={"help": "DeepSpeed JSON ('' disables DeepSpeed)"}
     )
     train_embeddings: str = field(
-        default="full",
-        metadata={"help": "full (LISA: embed_tokens and lm_head) | new_tokens (their new rows)"},
+        default="new_tokens",
+        metadata={
+            "help": "new_tokens (only the added tokens' rows train and are saved) | full (LISA: copies "
+            "of embed_tokens and lm_head, 262.7M parameters at 7B)"
+        },
     )
     train_sam_encoder: bool = field(
         default=False, metadata={"help": "toy world only: train SAM's image encoder"}
+    )
+    use_cpu: bool = field(
+        default=False, metadata={"help": "train on the CPU even if an accelerator is present (bf16 included)"}
     )
     max_steps: int = field(
         default=-1, metadata={"help": "stop after this many steps (default: the schedule's)"}
@@ -157,6 +179,11 @@ def check_args(args: SegTrainArgs) -> None:
         raise ValueError(f"--train_embeddings must be full or new_tokens, got {args.train_embeddings!r}")
     if args.eval_mode not in ("teacher", "generate", "both"):
         raise ValueError(f"--eval_mode must be teacher, generate or both, got {args.eval_mode!r}")
+    if text_token_limit(args.model_max_length) < 16:
+        raise ValueError(
+            f"--model_max_length {args.model_max_length} leaves {text_token_limit(args.model_max_length)} text "
+            f"tokens: as in LISA it counts a {LISA_IMAGE_ROWS}-row image (use at least {LISA_IMAGE_ROWS + 15})"
+        )
     if len(args.datasets()) != len(args.rates()):
         raise ValueError(
             f"--dataset names {len(args.datasets())} families but --sample_rates has {len(args.rates())}"
@@ -322,6 +349,19 @@ class SegTrainer(Trainer):
             self.accelerator.unwrap_model(model or self.model), Path(resume_from_checkpoint)
         )
 
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """DeepSpeed's resume states hold the trained weights only: by default its `mp_rank_*_model_states.pt`
+        holds the whole module (the frozen LLaVA and SAM, ~15 GB at 7B + SAM-H). The frozen weights come
+        back from the base on resume (`SegLLaVA.load_state_dict`)."""
+        engine = self.model_wrapped if self.is_deepspeed_enabled else None
+        if engine is None or not hasattr(engine, "save_checkpoint"):
+            return super()._save_optimizer_and_scheduler(output_dir)
+        engine.save_checkpoint = functools.partial(engine.save_checkpoint, exclude_frozen_parameters=True)
+        try:
+            super()._save_optimizer_and_scheduler(output_dir)
+        finally:
+            del engine.save_checkpoint  # the bound method again
+
 
 def training_arguments(args: SegTrainArgs) -> HfTrainingArguments:
     """LISA's schedule and checkpointing as TrainingArguments: an epoch is `steps_per_epoch` steps, and
@@ -357,6 +397,7 @@ def training_arguments(args: SegTrainArgs) -> HfTrainingArguments:
         remove_unused_columns=False,
         seed=args.seed,
         deepspeed=args.deepspeed or None,
+        use_cpu=args.use_cpu,
     )
 
 
@@ -412,7 +453,7 @@ def train(argv: list[str] | None = None) -> None:
         layout=seg.layout,
         seg_token_id=seg.seg_token_id,
         sam_image_size=seg.sam_image_size,
-        max_length=args.model_max_length,
+        max_length=text_token_limit(args.model_max_length),
         seed=args.seed,
     )
     trainer = SegTrainer(

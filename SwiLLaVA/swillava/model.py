@@ -42,6 +42,29 @@ OBJECT_PROJECTOR_FILE = "mm_projector_object.safetensors"
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+# Kept in full precision under --bits 4/8 (transformers-5 module paths, matched from the start of a name): CLIP,
+# both projectors (they train or feed trained rows) and lm_head.
+QUANT_SKIP_MODULES = ["model.vision_tower", f"model.{MLP_PROJECTOR}", f"model.{OBJECT_PROJECTOR}", "lm_head"]
+
+
+def quantization_config(
+    bits: int, compute_dtype: torch.dtype, quant_type: str = "nf4", double_quant: bool = True
+):
+    """bitsandbytes settings for QLoRA: the language model's linears in 4 or 8 bits, the rest as loaded."""
+    from transformers import BitsAndBytesConfig
+
+    if bits not in (4, 8):
+        raise ValueError(f"--bits must be 4, 8 or 16, got {bits}")
+    return BitsAndBytesConfig(
+        load_in_4bit=bits == 4,
+        load_in_8bit=bits == 8,
+        llm_int8_skip_modules=QUANT_SKIP_MODULES,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_quant_type=quant_type,
+    )
+
+
 def lora_targets(modules: tuple[str, ...] = LORA_MODULES) -> str:
     """peft's target regex: the named linear layers of the language model only (never CLIP's)."""
     unknown = sorted(set(modules) - set(LORA_MODULES))
@@ -271,6 +294,21 @@ class SwiLLaVA(nn.Module):
         )
         return self.llava(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As `nn.Module`'s, except that a strict load accepts missing frozen weights: a checkpoint of a
+        projector or LoRA stage (DeepSpeed's resume states included) holds only what trains, and the
+        frozen rest is the base this model was built from."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        if strict:
+            trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+            missing = [k for k in result.missing_keys if k in trainable]
+            if missing or result.unexpected_keys:
+                raise RuntimeError(
+                    f"SwiLLaVA state dict: missing trained weights {missing[:5]} ({len(missing)}), "
+                    f"unexpected keys {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
+                )
+        return result
+
     def activation_checkpointing_enable(self, **kwargs) -> None:
         """Called by the HF Trainer; checkpointing lives in the language model."""
         self.core.activation_checkpointing_enable(**kwargs)
@@ -415,6 +453,8 @@ def set_trainable(
 ) -> None:
     """Choose what trains; the vision tower never does (LLaVA-1.5, SEAL)."""
     for name, p in swi.core.named_parameters():
+        if not p.is_floating_point():  # quantised (--bits 4/8) weights never train
+            continue
         if f"{OBJECT_PROJECTOR}." in name:
             p.requires_grad_(object_projector)
         elif f"{MLP_PROJECTOR}." in name:
@@ -437,7 +477,9 @@ def add_lora(
     """LoRA on every linear layer of the language model; the trained projectors are saved with it.
 
     With `freeze_mlp_projector` the adapter keeps the base's MLP projector (no copy in the adapter),
-    so an agent holding several adapters on one base stores it once.
+    so an agent holding several adapters on one base stores it once. The LoRA weights take the model's
+    dtype (peft would keep them in float32): ZeRO-3 packs all trainable weights into one buffer of one
+    dtype, beside the bf16 projector copies.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -450,7 +492,7 @@ def add_lora(
         modules_to_save=[OBJECT_PROJECTOR] if freeze_mlp_projector else [MLP_PROJECTOR, OBJECT_PROJECTOR],
         task_type="CAUSAL_LM",
     )
-    swi.llava = get_peft_model(swi.llava, config)
+    swi.llava = get_peft_model(swi.llava, config, autocast_adapter_dtype=False)
 
 
 def load_trained_weights(swi: SwiLLaVA, directory: str | Path) -> None:

@@ -10,6 +10,7 @@ resumes from the last `checkpoint-*` in `--output_dir` automatically.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 import transformers
 from transformers import HfArgumentParser, LlavaForConditionalGeneration, Trainer
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 
 from .data import SealCollator, SealDataset
@@ -36,6 +38,7 @@ from .model import (
     load_mlp_projector,
     load_object_projector,
     load_trained_weights,
+    quantization_config,
     set_trainable,
 )
 
@@ -115,6 +118,20 @@ class TrainingArguments(transformers.TrainingArguments):
         metadata={"help": "LoRA stage: keep the base's MLP projector frozen (and out of the adapter)"},
     )
     remove_unused_columns: bool = False
+    bits: int = field(
+        default=16,
+        metadata={"help": "16, or 4/8: QLoRA, the language model's linears quantised (bitsandbytes)"},
+    )
+    quant_type: str = field(default="nf4", metadata={"help": "4-bit data type: nf4 | fp4"})
+    double_quant: bool = field(default=True, metadata={"help": "4-bit: quantise the quantisation constants"})
+
+    def __post_init__(self):
+        # LLaVA's recipe passes --tf32 True; without an Ampere GPU (a CPU run, an older card) transformers
+        # would refuse it, so it is dropped with a warning rather than stopping the run.
+        if self.tf32 and not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)):
+            logger.warning("--tf32 True ignored: no Ampere or newer GPU")
+            self.tf32 = None
+        super().__post_init__()
 
 
 def is_projector_param(name: str) -> bool:
@@ -165,6 +182,19 @@ class SwiTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_trained_weights(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """DeepSpeed's resume states hold the trained weights only: by default its `mp_rank_*_model_states.pt`
+        holds the whole module (the frozen 7B included, ~13 GB) although only projectors or LoRA train.
+        The frozen weights come back from the base on resume (`SwiLLaVA.load_state_dict`)."""
+        engine = self.model_wrapped if self.is_deepspeed_enabled else None
+        if engine is None or not hasattr(engine, "save_checkpoint"):
+            return super()._save_optimizer_and_scheduler(output_dir)
+        engine.save_checkpoint = functools.partial(engine.save_checkpoint, exclude_frozen_parameters=True)
+        try:
+            super()._save_optimizer_and_scheduler(output_dir)
+        finally:
+            del engine.save_checkpoint  # the bound method again
 
 
 def load_processor(model_args: ModelArguments, data_args: DataArguments):
@@ -222,8 +252,22 @@ def train(argv: list[str] | None = None) -> None:
     transformers.set_seed(training_args.seed)  # the object projector's initialisation
     processor = load_processor(model_args, data_args)
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    quantization = None
+    if training_args.bits != 16:
+        if not training_args.lora_enable or model_args.projector_only:
+            raise ValueError(
+                "--bits 4/8 quantises the frozen language model under LoRA: pass --lora_enable True"
+            )
+        if is_deepspeed_zero3_enabled():
+            raise ValueError("--bits 4/8 does not run under ZeRO-3: use scripts/zero2.json or no DeepSpeed")
+        quantization = quantization_config(
+            training_args.bits, dtype, training_args.quant_type, training_args.double_quant
+        )
     llava = LlavaForConditionalGeneration.from_pretrained(
-        model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation
+        model_args.model_name_or_path,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        quantization_config=quantization,
     )
     llava.config.use_cache = False
     config = swi_config(model_args)
@@ -277,6 +321,11 @@ def train(argv: list[str] | None = None) -> None:
             object_projector=True,
         )
         if training_args.lora_enable:
+            if model_args.pretrain_mm_mlp_adapter and training_args.freeze_mm_mlp_adapter:
+                raise ValueError(
+                    "--pretrain_mm_mlp_adapter with --freeze_mm_mlp_adapter True: the adapter would not hold the "
+                    "loaded MLP projector (it shares the base's); pass --freeze_mm_mlp_adapter False"
+                )
             add_lora(
                 model,
                 r=training_args.lora_r,
