@@ -72,21 +72,59 @@ def save_projector(model: torch.nn.Module, path: str | Path) -> None:
     save_file(state, str(path))
 
 
-def load_base(
-    path: str, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa", bits: int = 16
-):
-    """The llava-hf model; 4/8-bit keeps the vision tower and projector unquantised."""
-    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
-    if bits in (4, 8):
-        from transformers import BitsAndBytesConfig
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_CHOICES = ("auto", *DTYPES)
+DTYPE_HELP = "auto: bf16 on a GPU that supports it, else fp16 on CUDA, fp32 on CPU"
+BITS_HELP = "load the language model in 4-bit (NF4) or 8-bit with bitsandbytes; vision tower, projector and lm_head stay in --dtype"
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=bits == 4,
-            load_in_8bit=bits == 8,
-            bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_quant_type="nf4",
-            llm_int8_skip_modules=["vision_tower", PROJECTOR, "lm_head"],
-        )
+
+def inference_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """The weights' dtype for `--dtype` on `device` (`auto`: bf16 where the GPU has it, fp16 on older CUDA)."""
+    if name == "auto":
+        if torch.device(device).type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {name!r}")
+    return DTYPES[name]
+
+
+def quantization_config(bits: int, dtype: torch.dtype):
+    """bitsandbytes config that quantises only the language model's linears (transformers-5 module names)."""
+    if bits not in (4, 8, 16):
+        raise ValueError(f"bits must be 4, 8 or 16, got {bits}")
+    if bits == 16:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=bits == 4,
+        load_in_8bit=bits == 8,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_type="nf4",
+        llm_int8_skip_modules=["model.vision_tower", f"model.{PROJECTOR}", "lm_head"],
+    )
+
+
+def load_base(
+    path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    bits: int = 16,
+    device: str | torch.device | None = None,
+):
+    """The llava-hf model; 4/8-bit keeps the vision tower, projector and lm_head unquantised.
+
+    `device`: load the weights straight there (no host-RAM copy of a GPU model first); None leaves the
+    placement to the caller (training: the Trainer / DeepSpeed places it).
+    """
+    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
+    quant = quantization_config(bits, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    if device is not None:
+        kwargs["device_map"] = {"": torch.device(device)}
     return LlavaForConditionalGeneration.from_pretrained(path, **kwargs)
 
 

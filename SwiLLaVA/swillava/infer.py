@@ -37,7 +37,7 @@ from .conversation import (
     tokenize_segments,
 )
 from .data import load_json_records, open_image
-from .model import SwiLLaVA, load_switch
+from .model import BITS_HELP, DTYPE_CHOICES, DTYPE_HELP, SwiLLaVA, inference_dtype, load_switch
 from .objects import (
     MISSING_OBJECTS_PREFIX,
     ObjectInstance,
@@ -123,9 +123,10 @@ class SwitchAdapter:
         *,
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
+        bits: int = 16,
         **kwargs,
     ) -> SwitchAdapter:
-        model, processor = load_switch(path, model_base, device=device, dtype=dtype)
+        model, processor = load_switch(path, model_base, device=device, dtype=dtype, bits=bits)
         return cls(model, processor, **kwargs)
 
     @property
@@ -420,6 +421,8 @@ def main(argv: list[str] | None = None) -> None:
             "--model-base", default=None, help="base for a LoRA/projector checkpoint (default: recorded)"
         )
         s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        s.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
+        s.add_argument("--bits", type=int, choices=(4, 8, 16), default=16, help=BITS_HELP)
         s.add_argument("--max-new-tokens", type=int, default=200)
         s.add_argument("--batch-size", type=int, default=8)
         if name in ("answer", "toy-eval"):
@@ -436,9 +439,13 @@ def main(argv: list[str] | None = None) -> None:
                 "--oracle-evidence", action="store_true", help="feed the annotated boxes as evidence"
             )
     args = p.parse_args(argv)
-    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
     adapter = SwitchAdapter.from_pretrained(
-        args.model_path, args.model_base, device=args.device, dtype=dtype, max_new_tokens=args.max_new_tokens
+        args.model_path,
+        args.model_base,
+        device=args.device,
+        dtype=inference_dtype(args.dtype, args.device),
+        bits=args.bits,
+        max_new_tokens=args.max_new_tokens,
     )
     if args.command == "answer":
         result = answer_questions(
