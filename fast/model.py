@@ -25,9 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import LlavaForConditionalGeneration
 
-from roillava.model import llava_processor
+from roillava.model import llava_processor, load_base
 from roillava.roi import RoiConfig
 from swillava.conversation import OBJECT_PLACEHOLDER
 from swillava.infer import SwitchAdapter
@@ -207,8 +206,8 @@ class FastModel:
 
     def __init__(self, config: AgentConfig):
         self.config = config
-        dtype = getattr(torch, config.dtype)
-        llava = LlavaForConditionalGeneration.from_pretrained(config.base, dtype=dtype)
+        # Straight to the device (a 7B model never sits in host RAM first); 4/8-bit: the LM's linears only.
+        llava = load_base(config.base, dtype=config.torch_dtype, bits=config.bits, device=config.device)
         base_count = unique_parameter_count(llava)
         self.base_processor = load_processor(config.base, config.base)
         self.core = llava
@@ -257,7 +256,7 @@ class FastModel:
             self.seg_stage = SegStage.attach(peft_model, config, self.token_ids[SEG][SEG_TOKEN])
             self.sam = self.seg_stage.sam
 
-        self.peft = peft_model.to(config.device).eval()
+        self.peft = peft_model.eval()
         self.peft.requires_grad_(False)
         swi = SwiLLaVA(self.peft, self.switch_config, self.token_ids[SWITCH][OBJECT_PLACEHOLDER])
         self.switch = SwitchAdapter(swi, switch_processor, max_new_tokens=config.switch_max_new_tokens)

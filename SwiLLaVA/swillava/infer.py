@@ -26,10 +26,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.nn import functional as F
 
 from .conversation import (
-    IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
     OBJECT_PLACEHOLDER,
     conversation_segments,
@@ -263,31 +261,49 @@ class SwitchAdapter:
     ) -> list[float]:
         """Mean CE of each option's tokens after the prompt (§2.5 step 5); the lowest is the choice.
 
-        The prompt runs once; its KV cache is repeated over the options, which run as one batch.
+        The prompt runs once; its KV cache is repeated over the options, which run as one batch. Only the
+        positions that predict an option token reach `lm_head` (the prompt's last one, then a boolean
+        `logits_to_keep` mask), so the vocabulary-wide logits are [option tokens, V] in the model's dtype;
+        the log-softmax runs in float32 over those rows only.
         """
         if not options:
             raise ValueError("no options to score")
         batch = self._batch([self.build_prompt(image, question, objects)])
         prefix = self.model.llava(
-            inputs_embeds=self._embed(batch), attention_mask=batch["attention_mask"], use_cache=True
+            inputs_embeds=self._embed(batch),
+            attention_mask=batch["attention_mask"],
+            use_cache=True,
+            logits_to_keep=1,
         )
-        cache, last = prefix.cache, prefix.logits[:, -1:]
+        cache, last = prefix.cache, prefix.logits[:, -1]
         ids = self.option_ids(options)
         n, width, plen = len(ids), max(map(len, ids)), batch["input_ids"].shape[1]
         tokens = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
-        targets = torch.full((n, width), IGNORE_INDEX, dtype=torch.long, device=self.device)
+        real = torch.zeros((n, width), dtype=torch.bool, device=self.device)
         for row, seq in enumerate(ids):
-            tokens[row, : len(seq)] = targets[row, : len(seq)] = torch.tensor(seq)
+            tokens[row, : len(seq)] = torch.tensor(seq)
+            real[row, : len(seq)] = True
         cache.batch_repeat_interleave(n)
-        mask = torch.cat([batch["attention_mask"].expand(n, -1), (targets != IGNORE_INDEX).long()], dim=1)
+        mask = torch.cat([batch["attention_mask"].expand(n, -1), real.long()], dim=1)
         positions = torch.arange(plen, plen + width, device=self.device).expand(n, -1)
+        # Token j is predicted by the position before it (the prompt's last for j = 0): keep position j
+        # where token j + 1 is real.
+        keep = torch.zeros_like(real)
+        keep[:, :-1] = real[:, 1:]
         out = self.model.llava(
-            input_ids=tokens, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+            input_ids=tokens,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=keep,
         )
-        # Token j is predicted by the logits before it: the prompt's last for j = 0.
-        logits = torch.cat([last.expand(n, -1, -1), out.logits[:, :-1]], dim=1).float()
-        ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
-        return (ce.sum(1) / (targets != IGNORE_INDEX).sum(1)).tolist()
+        logits = torch.cat([last.expand(n, -1), out.logits], dim=0)
+        targets = torch.cat([tokens[:, 0], tokens[:, 1:][real[:, 1:]]])
+        nll = -torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+        owner = torch.cat([torch.arange(n, device=real.device), real[:, 1:].nonzero(as_tuple=True)[0]])
+        total = torch.zeros(n, dtype=nll.dtype, device=nll.device).index_add_(0, owner.to(nll.device), nll)
+        return (total / real.sum(1).to(nll.device)).tolist()
 
 
 # --- runners ---------------------------------------------------------------------------------------------
