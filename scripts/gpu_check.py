@@ -82,6 +82,13 @@ def training_batch(config, batch: int, text_tokens: int, device, dtype) -> dict:
     g = torch.Generator().manual_seed(0)
     text = torch.randint(3, config.text_config.vocab_size, (batch, text_tokens), generator=g)
     text[text == config.image_token_id] = 3
+    ids = torch.cat(
+        [torch.ones(batch, 1, dtype=torch.long), torch.full((batch, rows), config.image_token_id), text],
+        dim=1,
+    )
+    labels = ids.clone()
+    labels[:, : 1 + rows] = -100
+    pixels = torch.randn(batch, 3, vc.image_size, vc.image_size, generator=g)
     return {
         "input_ids": ids.to(device),
         "attention_mask": torch.ones_like(ids).to(device),
@@ -99,6 +106,7 @@ def lm_parameters(model) -> int:
 def zero3_lora(config, *, batch: int, text_tokens: int, steps: int, device, peak: float | None) -> dict:
     import deepspeed
     from transformers import LlavaForConditionalGeneration
+    from transformers.integrations import HfDeepSpeedConfig
 
     from roillava.model import add_lora
 
@@ -120,8 +128,10 @@ def zero3_lora(config, *, batch: int, text_tokens: int, steps: int, device, peak
     config.vision_config._attn_implementation = "sdpa"
     reset_peak(device)
     start = time.perf_counter()
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype, remote_device=None):
-        model = LlavaForConditionalGeneration(config)
+    # As the Trainer does: with an HfDeepSpeedConfig alive, transformers builds (and initialises) the model
+    # partitioned under deepspeed.zero.Init, so no rank ever holds the whole model.
+    hf_ds_config = HfDeepSpeedConfig(ds_config)
+    model = LlavaForConditionalGeneration._from_config(config, dtype=dtype)
     model.config.use_cache = False
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
@@ -167,7 +177,7 @@ def zero3_lora(config, *, batch: int, text_tokens: int, steps: int, device, peak
         "mfu": round(flops / step_time / peak, 3) if peak else None,
         "loss_first_last": [round(losses[0], 3), round(losses[-1], 3)],
     }
-    del engine, model, optimizer
+    del engine, model, optimizer, hf_ds_config
     return out
 
 
@@ -226,7 +236,8 @@ def agent_on_one_image(base: Path, work: Path, *, device, dry_run: bool) -> dict
     config = AgentConfig(
         base=str(base), switch=str(paths["switch"]), roi=str(paths["roi"]), seg=str(paths["seg"]),
         device=str(device), dtype="bf16", mode="system2_always", evidence="roi+seg",
-        switch_max_new_tokens=8, roi_max_new_tokens=16, answer_max_new_tokens=8,
+        switch_max_new_tokens=2 if dry_run else 8, roi_max_new_tokens=4 if dry_run else 16,
+        answer_max_new_tokens=2 if dry_run else 8,
     )  # fmt: skip
     reset_peak(device)
     start = time.perf_counter()
@@ -234,7 +245,8 @@ def agent_on_one_image(base: Path, work: Path, *, device, dry_run: bool) -> dict
     loaded = time.perf_counter() - start
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
-    agent.answer(image, "What is the colour of the cup?")  # warm-up
+    if not dry_run:
+        agent.answer(image, "What is the colour of the cup?")  # warm-up (kernels, allocator)
     sync(device)
     t = time.perf_counter()
     trace = agent.answer(image, "What pattern is on the blue object?")
