@@ -190,7 +190,9 @@ def qlora_step(base: Path, *, batch: int, text_tokens: int, device) -> dict:
     start = time.perf_counter()
     model = load_base(str(base), dtype=dtype, bits=4, device=device)
     loaded = time.perf_counter() - start
-    quantised = sorted({type(m).__name__ for n, m in model.named_modules() if n.endswith("q_proj")})
+    quantised = sorted(
+        {type(m).__name__ for n, m in model.named_modules() if "language_model" in n and n.endswith("q_proj")}
+    )
     kept = sorted({type(m).__name__ for n, m in model.named_modules() if n.endswith(("linear_1", "lm_head"))})
     model = add_lora(model, r=128, alpha=256, dropout=0.05, freeze_projector=True)
     for p in model.parameters():

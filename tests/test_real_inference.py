@@ -159,12 +159,13 @@ def test_fast_agent_every_stage(real_ckpts, tmp_path, capsys):
     assert "resident parameters" in out.err
     rows = [r for call in seen.image_rows for r in call]
     assert IMAGE_ROWS in rows  # the switch and the ROI stage see the whole 576-row image
-    assert all(r % IMAGE_ROWS == 0 for r in rows if r > 1)  # (the switch's short image is 32 latents)
+    assert 2 * IMAGE_ROWS in rows  # Chain-of-Spot's stage 2: the image and its crop
     assert (1, 3, 1024, 1024) in seen.sam_pixels or any(s[-2:] == (1024, 1024) for s in seen.sam_pixels)
     assert_padded_frame(seen.clip_pixels[0][0], SIZES[0])
 
 
 def test_seg_masks_at_sam_h_1024(real_ckpts):
+    from segllava.conversation import VAL_ANSWER
     from segllava.inference import teacher_forced_masks
     from segllava.model import SegLLaVA
 
@@ -172,10 +173,10 @@ def test_seg_masks_at_sam_h_1024(real_ckpts):
     images = [_image(k, size) for k, size in enumerate(SIZES)]
     with Seen() as seen:
         for image in images:
-            masks = teacher_forced_masks(
-                seg, seg.processor, [image], ["Can you segment the star in this image?"]
-            )
-            assert masks[0].shape[-2:] == (image.height, image.width)  # the original resolution
+            question = "Can you segment the star in this image?"
+            masks = teacher_forced_masks(seg, seg.processor, [image], [question], VAL_ANSWER)[0]
+            assert len(masks) == 1  # one [SEG] in LISA's answer "[SEG]."
+            assert masks[0].shape == (image.height, image.width)  # the original resolution
     assert seen.sam_pixels and all(s[-2:] == (1024, 1024) for s in seen.sam_pixels)
     assert all(rows == [IMAGE_ROWS] for rows in seen.image_rows)
 
