@@ -55,7 +55,18 @@ def test_dtype_auto_is_fp32_on_cpu_and_explicit_names_map():
             resolve("half", "cpu")
 
 
-@pytest.mark.parametrize("module", ["roillava.answer", "roillava.roi_answer", "swillava.infer", "fast.cli"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "roillava.answer",
+        "roillava.roi_answer",
+        "swillava.infer",
+        "fast.cli",
+        "segllava.validate",
+        "chat",
+        "eval.run",
+    ],
+)
 def test_every_inference_cli_offers_dtype_and_bits(module, capsys):
     import importlib
 
