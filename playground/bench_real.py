@@ -11,7 +11,7 @@ are not 7B timings. A failing entry point prints FAILED and its last error line;
 The agent row counts the composed agent on the meta device at the true sizes (32 layers, SAM ViT-H) with
 the training scripts' defaults, as a ratio to LLaVA-1.5-7B + SAM-H.
 
-    python -m playground.bench_real [--work DIR] [--text-layers 1] [--steps 2] [--only roi_lora,seg]
+    python -m playground.bench_real [--work DIR] [--text-layers 1] [--steps 2] [--only roillava_finetune_lora,segllava_train_ds]
 """
 
 from __future__ import annotations
