@@ -4,8 +4,9 @@ Each sibling trains a peft LoRA adapter on the same llava-hf System-1 checkpoint
 once and attaches every adapter with `add_adapter` + the adapter's own saved weights, then activates one
 per stage (`use`). What each adapter trains besides LoRA comes along:
 
-* the llava-hf `multi_modal_projector` is in every adapter's `modules_to_save`: peft keeps the base's
-  copy (System 1 uses it) plus one trained copy per adapter, all genuinely different weights;
+* an adapter trained with `--freeze_mm_mlp_adapter True` (the scripts' default) uses the base's
+  `multi_modal_projector`, so one projector serves every stage; an adapter that trained its own (in its
+  `modules_to_save`) brings one extra copy, next to the base's that System 1 uses;
 * SEAL's object projector (`mm_projector_object`) is only ever used by the switch, so it is loaded as a
   plain module, not wrapped: one copy instead of peft's untrained original plus the switch's;
 * the seg heads (`text_hidden_fcs`, SAM's mask decoder) and one SAM live next to the language model.
