@@ -148,9 +148,18 @@ ERROR_LINE = re.compile(r"(Error|Exception|error:|FAILED|Traceback|Killed|assert
 
 
 def last_error_line(log: str) -> str:
-    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ERROR_LINE.search(ln) and "Maximum resident" not in ln]
-    return (errors or lines or ["(no output)"])[-1][:200]
+    """The last error line; a bare exception name (`AssertionError`) gets the statement that raised it."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip() and "Maximum resident" not in ln]
+    errors = [k for k, ln in enumerate(lines) if ERROR_LINE.search(ln)]
+    if not errors:
+        return (lines or ["(no output)"])[-1][:200]
+    k = errors[-1]
+    line = lines[k]
+    if re.fullmatch(r"(\[rank\d+\]: )?\w+(Error|Exception)", line):
+        code = [ln for ln in lines[max(0, k - 4) : k] if not set(ln.split(":")[-1].strip()) <= {"^", "~"}]
+        if code:
+            line = f"{line}: {code[-1].split(': ', 1)[-1].strip()}"
+    return line[:200]
 
 
 def directory_mb(path: Path) -> float:
@@ -177,7 +186,8 @@ def run_entry_point(ep: EntryPoint, log_dir: Path, timeout: int) -> Row:
     row.seconds_per_step = 1 / float(rate[-1]) if rate and float(rate[-1]) > 0 else None
     row.checkpoint_mb = directory_mb(Path(ep.output))
     if code != 0:
-        row.error = f"exit {code} after {wall:.0f}s: {last_error_line(text)} (log: {log})"
+        program = text.split("\tCommand being timed:")[0]  # what /usr/bin/time appends is not the error
+        row.error = f"exit {code} after {wall:.0f}s: {last_error_line(program)} (log: {log})"
     return row
 
 
