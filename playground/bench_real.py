@@ -101,7 +101,14 @@ def entry_points(work: Path, base: Path, steps: int) -> list[EntryPoint]:
             DS_CONFIG="./scripts/zero2.json",
         ),  # fmt: skip
         script("swillava_pretrain", "SwiLLaVA", "pretrain.sh", DATA_PATH=captions),
-        script("swillava_finetune_lora", "SwiLLaVA", "finetune_lora.sh", DATA_PATH=str(toy / "seal")),
+        # OBJECT_PROJECTOR empty: a random perceiver start, so this row does not depend on the pretrain row.
+        script(
+            "swillava_finetune_lora",
+            "SwiLLaVA",
+            "finetune_lora.sh",
+            DATA_PATH=str(toy / "seal"),
+            OBJECT_PROJECTOR="",
+        ),
         EntryPoint(
             "segllava_train_ds",
             "SegLLaVA",
