@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-real lint bench-eval clean-demo venv web browser
+.PHONY: demo test test-real lint bench-eval bench-real gpu-check clean-demo venv web browser
 
 venv: $(STAMP)
 
@@ -46,6 +46,15 @@ test-real: $(STAMP)
 # Single vs batched (8) throughput of the System-1 runner on the tiny model (eval/bench_answerer.py).
 bench-eval: $(STAMP)
 	$(PY) -m eval.bench_answerer
+
+# Every training entry point at the real widths (2 LM layers, 2 steps): s/step, peak RSS, checkpoint size;
+# and the agent's resident parameters at the true 7B + SAM-H sizes (playground/bench_real.py).
+bench-real: $(STAMP)
+	PATH=$(abspath $(VENV))/bin:$$PATH flock /tmp/fast-heavy.lock $(PY) -m playground.bench_real
+
+# One H100: LoRA r128 under ZeRO-3 at LLaMA-7B width, a 4-bit LoRA step, the agent on one image (scripts/gpu_check.py).
+gpu-check: $(STAMP)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) scripts/gpu_check.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

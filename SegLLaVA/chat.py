@@ -16,9 +16,7 @@ from PIL import Image
 
 from segllava.inference import generate_masks, overlay
 from segllava.masks import open_rgb
-from segllava.model import SegLLaVA
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from segllava.model import BITS_HELP, DTYPE_CHOICES, DTYPE_HELP, DTYPES, SegLLaVA, inference_dtype
 
 
 def chat_once(
@@ -49,11 +47,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image_path", default=None)
     p.add_argument("--prompt", default=None)
     p.add_argument("--vis_save_path", default="./vis_output")
-    p.add_argument("--precision", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
+    p.add_argument("--precision", default=None, choices=sorted(DTYPES), help="LISA's name for --dtype")
+    p.add_argument("--bits", type=int, choices=(4, 8, 16), default=16, help=BITS_HELP)
+    p.add_argument("--load_in_4bit", action="store_true", help="LISA's name for --bits 4")
+    p.add_argument("--load_in_8bit", action="store_true", help="LISA's name for --bits 8")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--max_new_tokens", type=int, default=64)
     args = p.parse_args(argv)
-    seg = SegLLaVA.from_pretrained(args.version, dtype=DTYPES[args.precision], device=args.device)
+    bits = 4 if args.load_in_4bit else 8 if args.load_in_8bit else args.bits
+    dtype = inference_dtype(args.precision or args.dtype, args.device)
+    seg = SegLLaVA.from_pretrained(args.version, dtype=dtype, device=args.device, bits=bits)
     if args.image_path and args.prompt:
         chat_once(seg, args.image_path, args.prompt, Path(args.vis_save_path), args.max_new_tokens)
         return

@@ -59,6 +59,8 @@ class RunConfig:
     device: str | None = None  # None: cuda when available, decided where a model is loaded
     roi_wording: str | None = None  # with a ROI adapter: resolved from its record (or --roi-wording)
     roi_wording_source: str | None = None
+    dtype: str = "auto"  # auto: bf16 on a GPU that has it, fp16 on older CUDA, fp32 on CPU
+    bits: int = 16  # 4 / 8: the language model quantised with bitsandbytes
     roi_max_new_tokens: int = 128
     vstar_image_view: str = VSTAR_DEFAULT_IMAGE_VIEW
     max_answer_words: int | None = None  # None: the benchmark's default
@@ -136,6 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="only greedy decoding (0) is supported")
     p.add_argument("--device", default=None, help="default cuda when available, else cpu")
     p.add_argument(
+        "--dtype",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default="auto",
+        help="auto: bf16 on a GPU that supports it, else fp16 on CUDA, fp32 on CPU",
+    )
+    p.add_argument(
+        "--bits",
+        type=int,
+        choices=(4, 8, 16),
+        default=16,
+        help="4/8: the language model in bitsandbytes 4/8-bit",
+    )
+    p.add_argument(
         "--roi-wording",
         choices=ROI_WORDINGS,
         default=None,
@@ -195,6 +210,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         device=args.device,
         roi_wording=roi_wording,
         roi_wording_source=roi_wording_source,
+        dtype=args.dtype,
+        bits=args.bits,
         roi_max_new_tokens=args.roi_max_new_tokens,
         vstar_image_view=args.vstar_image_view,
         max_answer_words=args.max_answer_words,
@@ -244,6 +261,7 @@ def fast_command(cfg: RunConfig, bench: Benchmark, paths: BenchPaths, out: Path)
     ]  # fmt: skip
     if cfg.device:
         cmd += ["--device", cfg.device]
+    cmd += ["--dtype", cfg.dtype, "--bits", str(cfg.bits)]
     for flag, path in (("--roi", cfg.roi_path), ("--seg", cfg.seg_path)):
         if path:
             cmd += [flag, path]
@@ -259,12 +277,13 @@ def load_model(cfg: RunConfig):
     import torch
 
     from roillava.answer import load_for_inference
+    from roillava.model import inference_dtype
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    dtype = inference_dtype(cfg.dtype, device)
     if cfg.mode == "cos":
-        return load_for_inference(cfg.roi_path, cfg.model_path, device=device, dtype=dtype)
-    return load_for_inference(cfg.model_path, cfg.model_base, device=device, dtype=dtype)
+        return load_for_inference(cfg.roi_path, cfg.model_path, device=device, dtype=dtype, bits=cfg.bits)
+    return load_for_inference(cfg.model_path, cfg.model_base, device=device, dtype=dtype, bits=cfg.bits)
 
 
 def answer_chunk(cfg: RunConfig, bench: Benchmark, paths: BenchPaths) -> dict:

@@ -22,7 +22,7 @@ import torch
 from eval.vstar_bench import VSTAR_DEFAULT_IMAGE_VIEW, VSTAR_IMAGE_VIEWS
 
 from .agent import FastAgent
-from .config import EVIDENCE_MODES, AgentConfig
+from .config import BITS, DTYPES, EVIDENCE_MODES, AgentConfig
 from .run import answer_question_file, answer_vstar, config_path_for, save_overlay
 
 
@@ -76,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-chunks", type=int, default=1)
     run.add_argument("--chunk-idx", type=int, default=0)
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="auto: bf16 on a GPU that supports it, else fp16 on CUDA, fp32 on CPU",
+    )
+    run.add_argument(
+        "--bits",
+        type=int,
+        default=16,
+        choices=BITS,
+        help="4/8: the shared language model in bitsandbytes 4/8-bit",
+    )
     run.add_argument("--switch-max-new-tokens", type=int, default=200)
     run.add_argument("--roi-max-new-tokens", type=int, default=128)
     run.add_argument("--seg-max-new-tokens", type=int, default=32)
@@ -101,7 +114,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         seg_decoding=args.seg_decoding,
         seg_retry_whole_image=args.seg_retry_whole_image,
         device=args.device,
-        dtype="float16" if args.device.startswith("cuda") else "float32",
+        dtype=args.dtype,
+        bits=args.bits,
         switch_max_new_tokens=args.switch_max_new_tokens,
         roi_max_new_tokens=args.roi_max_new_tokens,
         seg_max_new_tokens=args.seg_max_new_tokens,

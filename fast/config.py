@@ -11,6 +11,9 @@ from eval.vstar_bench import VSTAR_DEFAULT_IMAGE_VIEW, VSTAR_IMAGE_VIEWS
 EVIDENCE_MODES = ("roi", "seg", "roi+seg")
 MODES = ("fast", "system2_always", "system1")
 CONFIG_FILE_SUFFIX = ".config.json"
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+BITS = (4, 8, 16)
+_TORCH_DTYPE_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}  # older run configs
 
 
 @dataclass
@@ -36,6 +39,9 @@ class AgentConfig:
     scored without object evidence (System-1 rows): "unpadded" (SEAL's V*Bench evaluation and the FaST
     release: plain CLIP resize + centre crop) or "padded" (the mean-colour square every other prompt
     uses). System-2 rows, whose prompt carries evidence, always see the padded image, as in SEAL.
+    `dtype`: the weights' dtype ("auto": bf16 on a GPU that supports it, else fp16 on CUDA, fp32 on CPU);
+    `bits` 4 or 8 loads the shared language model with bitsandbytes (CLIP, projectors, lm_head, SAM and
+    the adapters stay in `dtype`); every weight is loaded straight to `device`.
     """
 
     base: str
@@ -46,7 +52,8 @@ class AgentConfig:
     mode: str = "fast"
     evidence: str = "roi+seg"
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "auto"
+    bits: int = 16
     switch_decision: str = "prefix"
     switch_max_new_tokens: int = 200
     roi_max_new_tokens: int = 128
@@ -64,6 +71,11 @@ class AgentConfig:
     option_image_view: str = VSTAR_DEFAULT_IMAGE_VIEW
 
     def __post_init__(self):
+        self.dtype = _TORCH_DTYPE_NAMES.get(self.dtype, self.dtype)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.bits not in BITS:
+            raise ValueError(f"bits must be one of {BITS}, got {self.bits!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.evidence not in EVIDENCE_MODES:
@@ -87,6 +99,13 @@ class AgentConfig:
             )
         if "{name}" not in self.seg_prompt:
             raise ValueError(f"seg_prompt must contain {{name}}, got {self.seg_prompt!r}")
+
+    @property
+    def torch_dtype(self):
+        """`dtype` resolved for `device`."""
+        from roillava.model import inference_dtype
+
+        return inference_dtype(self.dtype, self.device)
 
     @property
     def uses_roi(self) -> bool:

@@ -4,8 +4,9 @@ Each sibling trains a peft LoRA adapter on the same llava-hf System-1 checkpoint
 once and attaches every adapter with `add_adapter` + the adapter's own saved weights, then activates one
 per stage (`use`). What each adapter trains besides LoRA comes along:
 
-* the llava-hf `multi_modal_projector` is in every adapter's `modules_to_save`: peft keeps the base's
-  copy (System 1 uses it) plus one trained copy per adapter, all genuinely different weights;
+* an adapter trained with `--freeze_mm_mlp_adapter True` (the scripts' default) uses the base's
+  `multi_modal_projector`, so one projector serves every stage; an adapter that trained its own (in its
+  `modules_to_save`) brings one extra copy, next to the base's that System 1 uses;
 * SEAL's object projector (`mm_projector_object`) is only ever used by the switch, so it is loaded as a
   plain module, not wrapped: one copy instead of peft's untrained original plus the switch's;
 * the seg heads (`text_hidden_fcs`, SAM's mask decoder) and one SAM live next to the language model.
@@ -25,9 +26,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import LlavaForConditionalGeneration
 
-from roillava.model import llava_processor
+from roillava.model import llava_processor, load_base
 from roillava.roi import RoiConfig
 from roillava.wording import TRAIN_CONFIG_FILE as ROI_TRAIN_CONFIG_FILE
 from roillava.wording import resolve_roi_wording
@@ -120,26 +120,20 @@ def attach_lora_adapter(
     are returned (keys relative to the llava-hf model) for the caller to load into the one plain module.
     Every adapter weight must land: unexpected or missing adapter keys are errors.
     """
-    from peft import LoraConfig, PeftModel, set_peft_model_state_dict
+    from peft import LoraConfig, set_peft_model_state_dict
 
     d = Path(directory)
     for f in (ADAPTER_CONFIG_FILE, ADAPTER_FILE):
         if not (d / f).is_file():
             raise FileNotFoundError(f"not a peft adapter directory: {d / f} is missing")
     config = LoraConfig.from_pretrained(str(d))
-    config.inference_mode = True
-    saved = list(config.modules_to_save or [])
-    config.modules_to_save = [m for m in saved if m not in plain_modules] or None
     state = load_file(str(d / ADAPTER_FILE))
     plain: dict[str, torch.Tensor] = {}
     for key in list(state):
         inner = key.removeprefix("base_model.model.")
         if any(inner.startswith(f"model.{m}.") or inner.startswith(f"{m}.") for m in plain_modules):
             plain[inner] = state.pop(key)
-    if isinstance(model, PeftModel):
-        model.add_adapter(name, config)
-    else:
-        model = PeftModel(model, config, adapter_name=name)
+    model = add_named_adapter(model, config, name, plain_modules=plain_modules)
     result = set_peft_model_state_dict(model, state, adapter_name=name)
     if result.unexpected_keys:
         raise ValueError(f"{d}: adapter weights that fit no module: {result.unexpected_keys[:5]}")
@@ -147,6 +141,24 @@ def attach_lora_adapter(
     if missing:
         raise ValueError(f"{d}: adapter {name!r} lacks weights for {missing[:5]}")
     return model, plain
+
+
+def add_named_adapter(
+    model: nn.Module, config, name: str, *, plain_modules: tuple[str, ...] = ()
+) -> nn.Module:
+    """Add a LoRA config to `model` (plain or peft) under `name`, for inference; returns the peft model.
+
+    `plain_modules` are dropped from `modules_to_save`: the caller keeps one plain copy of them.
+    """
+    from peft import PeftModel
+
+    config.inference_mode = True
+    saved = list(config.modules_to_save or [])
+    config.modules_to_save = [m for m in saved if m not in plain_modules] or None
+    if isinstance(model, PeftModel):
+        model.add_adapter(name, config)
+        return model
+    return PeftModel(model, config, adapter_name=name)
 
 
 def unique_parameter_count(*modules: nn.Module | None) -> int:
@@ -157,7 +169,12 @@ def unique_parameter_count(*modules: nn.Module | None) -> int:
         if module is None:
             continue
         for p in module.parameters():
-            key = (p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape))
+            # Meta tensors have no storage address: a shared one is the same Parameter object.
+            key = (
+                (id(p), 0, ())
+                if p.is_meta
+                else (p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape))
+            )
             if key not in seen:
                 seen.add(key)
                 total += p.numel()
@@ -213,8 +230,8 @@ class FastModel:
 
     def __init__(self, config: AgentConfig):
         self.config = config
-        dtype = getattr(torch, config.dtype)
-        llava = LlavaForConditionalGeneration.from_pretrained(config.base, dtype=dtype)
+        # Straight to the device (a 7B model never sits in host RAM first); 4/8-bit: the LM's linears only.
+        llava = load_base(config.base, dtype=config.torch_dtype, bits=config.bits, device=config.device)
         base_count = unique_parameter_count(llava)
         self.base_processor = load_processor(config.base, config.base)
         self.core = llava
@@ -265,7 +282,7 @@ class FastModel:
             self.seg_stage = SegStage.attach(peft_model, config, self.token_ids[SEG][SEG_TOKEN])
             self.sam = self.seg_stage.sam
 
-        self.peft = peft_model.to(config.device).eval()
+        self.peft = peft_model.eval()
         self.peft.requires_grad_(False)
         swi = SwiLLaVA(self.peft, self.switch_config, self.token_ids[SWITCH][OBJECT_PLACEHOLDER])
         self.switch = SwitchAdapter(swi, switch_processor, max_new_tokens=config.switch_max_new_tokens)
@@ -301,21 +318,31 @@ class FastModel:
 
     # --- memory -------------------------------------------------------------------------------------
     def _memory_report(self, base_count: int) -> MemoryReport:
-        sam_count = unique_parameter_count(self.sam)
         extra = self.seg_stage.heads() if self.seg_stage is not None else []
-        agent = unique_parameter_count(self.peft, self.sam, *extra)
-        breakdown = {"base": base_count, "sam": sam_count}
-        named = list(self.peft.named_parameters())
-        for name in self.adapters:
-            mine = [(n, p) for n, p in named if name in n.split(".")]
-            lora = sum(p.numel() for n, p in mine if "lora_" in n)
-            copies = sum(p.numel() for n, p in mine if "modules_to_save" in n)
-            breakdown[f"{name}_lora"] = lora
-            breakdown[f"{name}_module_copies"] = copies
-            other = sum(p.numel() for _, p in mine) - lora - copies
-            if other:
-                breakdown[f"{name}_other"] = other  # e.g. seg's trained rows of its new tokens
-        breakdown["object_projector"] = unique_parameter_count(getattr(self.core.model, OBJECT_PROJECTOR))
-        if extra:
-            breakdown["seg_heads"] = unique_parameter_count(*extra)
-        return MemoryReport(agent, base_count + sam_count, breakdown)
+        return memory_report(self.peft, self.core, self.sam, extra, base_count)
+
+
+def memory_report(
+    peft: nn.Module, core: nn.Module, sam: nn.Module | None, extra: list[nn.Module], base_count: int
+) -> MemoryReport:
+    """Resident parameters of the composed agent (shared storages once) against the base + SAM.
+
+    Works on meta-device models too (storages then have no address: every parameter object counts once).
+    """
+    sam_count = unique_parameter_count(sam)
+    agent = unique_parameter_count(peft, sam, *extra)
+    breakdown = {"base": base_count, "sam": sam_count}
+    named = list(peft.named_parameters())
+    for name in peft.peft_config:
+        mine = [(n, p) for n, p in named if name in n.split(".")]
+        lora = sum(p.numel() for n, p in mine if "lora_" in n)
+        copies = sum(p.numel() for n, p in mine if "modules_to_save" in n)
+        breakdown[f"{name}_lora"] = lora
+        breakdown[f"{name}_module_copies"] = copies
+        other = sum(p.numel() for _, p in mine) - lora - copies
+        if other:
+            breakdown[f"{name}_other"] = other  # e.g. seg's trained rows of its new tokens
+    breakdown["object_projector"] = unique_parameter_count(getattr(core.model, OBJECT_PROJECTOR))
+    if extra:
+        breakdown["seg_heads"] = unique_parameter_count(*extra)
+    return MemoryReport(agent, base_count + sam_count, breakdown)

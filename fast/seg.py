@@ -41,8 +41,14 @@ class SegStage:
     def attach(cls, peft_model: nn.Module, config: AgentConfig, seg_token_id: int) -> SegStage:
         """Add the seg adapter (named "seg") to `peft_model`; SAM from `config.sam` or the checkpoint's."""
         sam = load_sam(config.sam) if config.sam else None
-        dtype = getattr(torch, config.dtype)
-        seg = SegLLaVA.from_pretrained(config.seg, llava=peft_model, sam=sam, adapter_name="seg", dtype=dtype)
+        seg = SegLLaVA.from_pretrained(
+            config.seg,
+            llava=peft_model,
+            sam=sam,
+            adapter_name="seg",
+            dtype=config.torch_dtype,
+            device=config.device,
+        )
         if seg.seg_token_id != seg_token_id:
             raise ValueError(
                 f"{config.seg}: {SEG_TOKEN} is id {seg.seg_token_id} in SegLLaVA, {seg_token_id} in the checks"

@@ -28,6 +28,7 @@ from transformers import StaticCache
 
 from .conversation import IMAGE_PLACEHOLDER, conversation_segments, get_template, tokenize_segments
 from .data import image_seq_length, load_json_records, open_image
+from .model import BITS_HELP, DTYPE_CHOICES, DTYPE_HELP, inference_dtype
 
 
 @dataclass(frozen=True)
@@ -399,12 +400,19 @@ def _answer_row(q: dict, text: str, model_id: str, metadata: dict) -> dict:
 
 
 def load_for_inference(
-    model_path: str, model_base: str | None = None, *, device: str = "cpu", dtype=torch.float32
+    model_path: str,
+    model_base: str | None = None,
+    *,
+    device: str = "cpu",
+    dtype=torch.float32,
+    bits: int = 16,
 ):
-    """A full llava-hf checkpoint, or a PEFT adapter directory merged onto its base."""
-    from transformers import LlavaForConditionalGeneration
+    """A full llava-hf checkpoint, or a PEFT adapter directory on its base, loaded straight to `device`.
 
-    from .model import llava_processor
+    A 16-bit adapter is merged into the base (one plain model, no LoRA overhead per step); on a 4/8-bit
+    base it stays a separate peft layer, since merging into quantised weights would round the update away.
+    """
+    from .model import llava_processor, load_base
 
     adapter_cfg = Path(model_path) / "adapter_config.json"
     processor_source = model_path
@@ -412,15 +420,17 @@ def load_for_inference(
         from peft import PeftModel
 
         base = model_base or json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
-        model = LlavaForConditionalGeneration.from_pretrained(base, dtype=dtype)
-        model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+        model = load_base(base, dtype=dtype, bits=bits, device=device)
+        model = PeftModel.from_pretrained(model, model_path)
+        if bits == 16:
+            model = model.merge_and_unload()
         # Intermediate checkpoints hold the adapter only; the final one also holds the processor.
         if not (Path(model_path) / "processor_config.json").exists():
             processor_source = base
     else:
-        model = LlavaForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
+        model = load_base(model_path, dtype=dtype, bits=bits, device=device)
     processor = llava_processor(processor_source, "pad")
-    return model.to(device).eval(), processor
+    return model.eval(), processor
 
 
 def add_answer_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -437,6 +447,8 @@ def add_answer_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--chunk-idx", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.0, help="only greedy decoding (0) is supported")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
+    p.add_argument("--bits", type=int, choices=(4, 8, 16), default=16, help=BITS_HELP)
     return p
 
 
@@ -444,8 +456,10 @@ def load_from_args(args: argparse.Namespace):
     """Model and processor for the parsed answerer flags (greedy only)."""
     if args.temperature != 0:
         raise SystemExit("only greedy decoding is supported (--temperature 0), as in LLaVA-1.5's evaluation")
-    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
-    return load_for_inference(args.model_path, args.model_base, device=args.device, dtype=dtype)
+    dtype = inference_dtype(args.dtype, args.device)
+    return load_for_inference(
+        args.model_path, args.model_base, device=args.device, dtype=dtype, bits=args.bits
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

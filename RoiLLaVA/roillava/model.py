@@ -76,28 +76,64 @@ def save_projector(model: torch.nn.Module, path: str | Path, *, write: bool = Tr
         save_file(state, str(path))
 
 
-def load_base(
-    path: str, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa", bits: int = 16
-):
-    """The llava-hf model; 4/8-bit (QLoRA) quantises the language model's linear layers only.
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_CHOICES = ("auto", *DTYPES)
+DTYPE_HELP = "auto: bf16 on a GPU that supports it, else fp16 on CUDA, fp32 on CPU"
+BITS_HELP = "load the language model in 4-bit (NF4) or 8-bit with bitsandbytes; vision tower, projector and lm_head stay in --dtype"
+
+
+def inference_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """The weights' dtype for `--dtype` on `device` (`auto`: bf16 where the GPU has it, fp16 on older CUDA)."""
+    if name == "auto":
+        if torch.device(device).type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {name!r}")
+    return DTYPES[name]
+
+
+def quantization_config(bits: int, dtype: torch.dtype):
+    """bitsandbytes config that quantises the language model's linear layers only (QLoRA).
 
     The vision tower, the projector and `lm_head` stay in `dtype`, as in LLaVA's QLoRA. The skip patterns
     are regexes so they match both transformers-5 names (`model.vision_tower.…`) and older ones.
     """
     if bits not in (4, 8, 16):
-        raise ValueError(f"--bits must be 4, 8 or 16, got {bits}")
-    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
-    if bits in (4, 8):
-        from transformers import BitsAndBytesConfig
+        raise ValueError(f"bits must be 4, 8 or 16, got {bits}")
+    if bits == 16:
+        return None
+    from transformers import BitsAndBytesConfig
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=bits == 4,
-            load_in_8bit=bits == 8,
-            bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_quant_type="nf4",
-            llm_int8_skip_modules=QUANTISATION_SKIP,
-        )
+    return BitsAndBytesConfig(
+        load_in_4bit=bits == 4,
+        load_in_8bit=bits == 8,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_quant_type="nf4",
+        llm_int8_skip_modules=QUANTISATION_SKIP,
+    )
+
+
+def load_base(
+    path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    bits: int = 16,
+    device: str | torch.device | None = None,
+):
+    """The llava-hf model; 4/8-bit quantises the language model's linear layers only (`quantization_config`).
+
+    `device`: load the weights straight there (no host-RAM copy of a GPU model first); None leaves the
+    placement to the caller (training: the Trainer / DeepSpeed places it).
+    """
+    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
+    quant = quantization_config(bits, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    if device is not None:
+        kwargs["device_map"] = {"": torch.device(device)}
     return LlavaForConditionalGeneration.from_pretrained(path, **kwargs)
 
 

@@ -444,27 +444,30 @@ class SegLLaVA(nn.Module):
         merge: bool | None = None,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
+        bits: int = 16,
     ) -> SegLLaVA:
         """Load a SegLLaVA checkpoint (adapter or merged) for inference.
 
         `llava`: an already loaded llava-hf model or peft model (the agent's shared base); the seg adapter is
         added to it under `adapter_name` and made active. Otherwise the base is loaded from the config and the
-        adapter merged (`merge` defaults to True then). `sam`: a loaded SamModel to share; its trained parts are
-        overwritten by the checkpoint's. The processor is at `seg.processor`.
+        adapter merged (`merge` defaults to True then; never into a 4/8-bit base, where the update would be
+        rounded away). `sam`: a loaded SamModel to share; its trained parts are overwritten by the checkpoint's.
+        A base loaded here goes straight to `device` (`bits` 4/8: its language model quantised; CLIP, the
+        projector and lm_head stay in `dtype`). The processor is at `seg.processor`.
         """
         directory = Path(directory)
         config = SegConfig.load(directory)
         processor = load_processor(directory, config.image_aspect_ratio)
         if config.weights == "full":
             if llava is None:
-                llava = LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype)
+                llava = load_llava_for_inference(directory, device=device, dtype=dtype, bits=bits)
         else:
             from peft import PeftModel
 
             shared = llava is not None
             if llava is None:
-                llava = LlavaForConditionalGeneration.from_pretrained(
-                    _resolve(directory, config.base_model), dtype=dtype
+                llava = load_llava_for_inference(
+                    _resolve(directory, config.base_model), device=device, dtype=dtype, bits=bits
                 )
             ensure_seg_tokens(processor.tokenizer, unwrap_llava(llava), config.use_mm_start_end)
             if isinstance(llava, PeftModel):
@@ -472,7 +475,8 @@ class SegLLaVA(nn.Module):
                 llava.set_adapter(adapter_name)
             else:
                 llava = PeftModel.from_pretrained(llava, str(directory), adapter_name=adapter_name)
-                if merge if merge is not None else not shared:
+                quantised = getattr(unwrap_llava(llava), "is_quantized", False)
+                if (merge if merge is not None else not shared) and not quantised:
                     llava = llava.merge_and_unload()
         if sam is None:
             sam_path = (
@@ -487,7 +491,11 @@ class SegLLaVA(nn.Module):
         if (directory / HEADS_FILE).is_file():
             seg.load_heads(directory / HEADS_FILE)
         seg.processor = processor
-        return seg.to(device=device, dtype=dtype).eval()
+        seg.visual_model.to(device=device, dtype=dtype)
+        seg.text_hidden_fcs.to(device=device, dtype=dtype)
+        if not getattr(seg.core, "is_quantized", False):  # bitsandbytes weights cannot be cast
+            seg.llava.to(device=device, dtype=dtype)
+        return seg.eval()
 
     # --- inference ---------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -533,6 +541,48 @@ def load_processor(source: str | Path, image_aspect_ratio: str = "pad"):
         do_convert_rgb=True,
     )
     return processor
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_CHOICES = ("auto", *DTYPES)
+DTYPE_HELP = "auto: bf16 on a GPU that supports it, else fp16 on CUDA, fp32 on CPU"
+BITS_HELP = "load the language model in 4-bit (NF4) or 8-bit with bitsandbytes; CLIP, projector, lm_head and SAM stay in the dtype"
+
+
+def inference_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """The weights' dtype for `--dtype` on `device` (`auto`: bf16 where the GPU has it, fp16 on older CUDA)."""
+    if name == "auto":
+        if torch.device(device).type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {name!r}")
+    return DTYPES[name]
+
+
+def load_llava_for_inference(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    bits: int = 16,
+) -> LlavaForConditionalGeneration:
+    """A llava-hf model loaded straight to `device` (no host copy first); 4/8-bit quantises only the
+    language model's linears (transformers-5 names: `model.vision_tower`, `model.multi_modal_projector`)."""
+    if bits not in (4, 8, 16):
+        raise ValueError(f"bits must be 4, 8 or 16, got {bits}")
+    kwargs = {"dtype": dtype, "device_map": {"": torch.device(device)}}
+    if bits != 16:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=bits == 4,
+            load_in_8bit=bits == 8,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_type="nf4",
+            llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"],
+        )
+    return LlavaForConditionalGeneration.from_pretrained(str(path), **kwargs)
 
 
 def load_sam_with_config(path: str, sam_config: str = "") -> SamModel:

@@ -26,7 +26,7 @@ from eval.metrics import intersection_union, seg_giou_ciou
 from .conversation import VAL_ANSWER
 from .inference import generate_masks, teacher_forced_masks
 from .masks import open_rgb
-from .model import SegLLaVA
+from .model import BITS_HELP, DTYPE_CHOICES, DTYPE_HELP, SegLLaVA, inference_dtype
 from .sources import ValItem, val_gt_mask, val_items
 
 MODES = ("teacher", "generate")
@@ -117,12 +117,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max_new_tokens", type=int, default=32)
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N items (0: all)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
+    p.add_argument(
+        "--precision", default=None, choices=["fp32", "bf16", "fp16"], help="LISA's name for --dtype"
+    )
+    p.add_argument("--bits", type=int, choices=(4, 8, 16), default=16, help=BITS_HELP)
     p.add_argument("--out", default=None, help="write the metrics JSON here")
     p.add_argument("--predictions", default=None, help="write per-item JSONL (raw text, I, U) here")
     args = p.parse_args(argv)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    seg = SegLLaVA.from_pretrained(args.model, dtype=dtype, device=args.device)
+    dtype = inference_dtype(args.precision or args.dtype, args.device)
+    seg = SegLLaVA.from_pretrained(args.model, dtype=dtype, device=args.device, bits=args.bits)
     items = val_items(Path(args.dataset_dir), args.val_dataset)
     if args.limit:
         items = items[: args.limit]

@@ -27,10 +27,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.nn import functional as F
 
 from .conversation import (
-    IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
     OBJECT_PLACEHOLDER,
     conversation_segments,
@@ -38,7 +36,7 @@ from .conversation import (
     tokenize_segments,
 )
 from .data import load_json_records, open_image
-from .model import SwiLLaVA, load_switch
+from .model import BITS_HELP, DTYPE_CHOICES, DTYPE_HELP, SwiLLaVA, inference_dtype, load_switch
 from .objects import (
     MISSING_OBJECTS_PREFIX,
     ObjectInstance,
@@ -124,9 +122,10 @@ class SwitchAdapter:
         *,
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
+        bits: int = 16,
         **kwargs,
     ) -> SwitchAdapter:
-        model, processor = load_switch(path, model_base, device=device, dtype=dtype)
+        model, processor = load_switch(path, model_base, device=device, dtype=dtype, bits=bits)
         return cls(model, processor, **kwargs)
 
     @property
@@ -277,32 +276,50 @@ class SwitchAdapter:
     ) -> list[float]:
         """Mean CE of each option's tokens after the prompt (SEAL's likelihood rule); the lowest is the choice.
 
-        The prompt runs once; its KV cache is repeated over the options, which run as one batch.
+        The prompt runs once; its KV cache is repeated over the options, which run as one batch. Only the
+        positions that predict an option token reach `lm_head` (the prompt's last one, then a boolean
+        `logits_to_keep` mask), so the vocabulary-wide logits are [option tokens, V] in the model's dtype;
+        the log-softmax runs in float32 over those rows only.
         `pixel_values`: the image's processed pixels in another view than the padded one.
         """
         if not options:
             raise ValueError("no options to score")
         batch = self._batch([self.build_prompt(image, question, objects, pixel_values=pixel_values)])
         prefix = self.model.llava(
-            inputs_embeds=self._embed(batch), attention_mask=batch["attention_mask"], use_cache=True
+            inputs_embeds=self._embed(batch),
+            attention_mask=batch["attention_mask"],
+            use_cache=True,
+            logits_to_keep=1,
         )
-        cache, last = prefix.cache, prefix.logits[:, -1:]
+        cache, last = prefix.cache, prefix.logits[:, -1]
         ids = self.option_ids(options)
         n, width, plen = len(ids), max(map(len, ids)), batch["input_ids"].shape[1]
         tokens = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
-        targets = torch.full((n, width), IGNORE_INDEX, dtype=torch.long, device=self.device)
+        real = torch.zeros((n, width), dtype=torch.bool, device=self.device)
         for row, seq in enumerate(ids):
-            tokens[row, : len(seq)] = targets[row, : len(seq)] = torch.tensor(seq)
+            tokens[row, : len(seq)] = torch.tensor(seq)
+            real[row, : len(seq)] = True
         cache.batch_repeat_interleave(n)
-        mask = torch.cat([batch["attention_mask"].expand(n, -1), (targets != IGNORE_INDEX).long()], dim=1)
+        mask = torch.cat([batch["attention_mask"].expand(n, -1), real.long()], dim=1)
         positions = torch.arange(plen, plen + width, device=self.device).expand(n, -1)
+        # Token j is predicted by the position before it (the prompt's last for j = 0): keep position j
+        # where token j + 1 is real.
+        keep = torch.zeros_like(real)
+        keep[:, :-1] = real[:, 1:]
         out = self.model.llava(
-            input_ids=tokens, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+            input_ids=tokens,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=keep,
         )
-        # Token j is predicted by the logits before it: the prompt's last for j = 0.
-        logits = torch.cat([last.expand(n, -1, -1), out.logits[:, :-1]], dim=1).float()
-        ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
-        return (ce.sum(1) / (targets != IGNORE_INDEX).sum(1)).tolist()
+        logits = torch.cat([last.expand(n, -1), out.logits], dim=0)
+        targets = torch.cat([tokens[:, 0], tokens[:, 1:][real[:, 1:]]])
+        nll = -torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+        owner = torch.cat([torch.arange(n, device=real.device), real[:, 1:].nonzero(as_tuple=True)[0]])
+        total = torch.zeros(n, dtype=nll.dtype, device=nll.device).index_add_(0, owner.to(nll.device), nll)
+        return (total / real.sum(1).to(nll.device)).tolist()
 
 
 # --- runners ---------------------------------------------------------------------------------------------
@@ -452,6 +469,8 @@ def main(argv: list[str] | None = None) -> None:
             "--model-base", default=None, help="base for a LoRA/projector checkpoint (default: recorded)"
         )
         s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        s.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
+        s.add_argument("--bits", type=int, choices=(4, 8, 16), default=16, help=BITS_HELP)
         s.add_argument("--max-new-tokens", type=int, default=200)
         s.add_argument("--batch-size", type=int, default=8)
         if name in ("answer", "toy-eval"):
@@ -474,9 +493,13 @@ def main(argv: list[str] | None = None) -> None:
                 help="image of the options scored without evidence (SEAL: unpadded)",
             )
     args = p.parse_args(argv)
-    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
     adapter = SwitchAdapter.from_pretrained(
-        args.model_path, args.model_base, device=args.device, dtype=dtype, max_new_tokens=args.max_new_tokens
+        args.model_path,
+        args.model_base,
+        device=args.device,
+        dtype=inference_dtype(args.dtype, args.device),
+        bits=args.bits,
+        max_new_tokens=args.max_new_tokens,
     )
     if args.command == "answer":
         result = answer_questions(

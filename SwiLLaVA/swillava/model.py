@@ -512,31 +512,80 @@ def load_trained_weights(swi: SwiLLaVA, directory: str | Path) -> None:
         load_object_projector(swi, d / OBJECT_PROJECTOR_FILE)
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_CHOICES = ("auto", *DTYPES)
+DTYPE_HELP = "auto: bf16 on a GPU that supports it, else fp16 on CUDA, fp32 on CPU"
+BITS_HELP = "load the language model in 4-bit (NF4) or 8-bit with bitsandbytes; vision tower, projectors and lm_head stay in --dtype"
+
+
+def inference_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """The weights' dtype for `--dtype` on `device` (`auto`: bf16 where the GPU has it, fp16 on older CUDA)."""
+    if name == "auto":
+        if torch.device(device).type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {name!r}")
+    return DTYPES[name]
+
+
+def load_llava_for_inference(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    bits: int = 16,
+) -> LlavaForConditionalGeneration:
+    """A llava-hf model loaded straight to `device` (no host copy first); 4/8-bit quantises only the
+    language model's linears (transformers-5 names: `model.vision_tower`, `model.multi_modal_projector`)."""
+    if bits not in (4, 8, 16):
+        raise ValueError(f"bits must be 4, 8 or 16, got {bits}")
+    kwargs = {"dtype": dtype, "device_map": {"": torch.device(device)}}
+    if bits != 16:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=bits == 4,
+            load_in_8bit=bits == 8,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_type="nf4",
+            llm_int8_skip_modules=["model.vision_tower", f"model.{MLP_PROJECTOR}", "lm_head"],
+        )
+    return LlavaForConditionalGeneration.from_pretrained(str(path), **kwargs)
+
+
 def load_switch(
     path: str | Path,
     model_base: str | None = None,
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    bits: int = 16,
 ) -> tuple[SwiLLaVA, object]:
-    """A SwiLLaVA checkpoint ready for inference (LoRA merged), and its processor (padding on)."""
+    """A SwiLLaVA checkpoint ready for inference, and its processor (padding on).
+
+    LoRA is merged on a 16-bit base; on a 4/8-bit base it stays a peft layer (merging into quantised
+    weights would round the update away).
+    """
     path = Path(path)
     config = SwiConfig.load(path)
     base = model_base or config.base_model
     weights_dir = path if config.weights == "full" else base
-    llava = LlavaForConditionalGeneration.from_pretrained(weights_dir, dtype=dtype)
+    llava = load_llava_for_inference(weights_dir, device=device, dtype=dtype, bits=bits)
     has_processor = (path / "processor_config.json").is_file() or (path / "tokenizer_config.json").is_file()
     processor = llava_processor(path if has_processor else base, "pad")
     swi = build_switch(llava, processor.tokenizer, config)
     if config.weights == "lora":
         from peft import PeftModel
 
-        swi.llava = PeftModel.from_pretrained(swi.llava, str(path)).merge_and_unload()
+        swi.llava = PeftModel.from_pretrained(swi.llava, str(path))
+        if bits == 16:
+            swi.llava = swi.llava.merge_and_unload()
     else:  # "full" already holds the llava-hf weights; both kinds keep the projectors in side files
         if (path / MLP_PROJECTOR_FILE).is_file():
             load_mlp_projector(swi, path / MLP_PROJECTOR_FILE)
         load_object_projector(swi, path / OBJECT_PROJECTOR_FILE)
-    return swi.to(device).eval(), processor
+    return swi.eval(), processor
 
 
 def llava_processor(source: str | Path, image_aspect_ratio: str = "pad"):
