@@ -1,0 +1,130 @@
+"""Released LLaVA-1.5 and Chain-of-Spot weights -> llava-hf directories (and their LoRA runs -> our adapters).
+
+    python -m roillava.convert --from llava --in llava-v1.5-7b --out llava-v1.5-7b-hf \\
+        [--vision-tower clip-vit-large-patch14-336]
+    python -m roillava.convert --from cos --in CoS-llava-v1.5-7b --out cos-7b-hf --vision-tower CLIP_DIR
+    python -m roillava.convert --from llava-lora --in llava-v1.5-7b-lora --out roi-adapter --base llava-v1.5-7b-hf
+
+`--in` is the original checkpoint directory (`config.json`, sharded `pytorch_model-*.bin` or `*.safetensors`
+with their index, `tokenizer.model`); the vision tower is not in it, so it is read from `--vision-tower`
+(default: the config's `mm_vision_tower`, which must then be a local directory or a cached hub id). The output is
+a llava-hf directory that `roillava.answer`, `roillava.roi_answer`, `eval/` and `fast` take as `--model-path` /
+`--base`: same geometry (tower, layer, `image_aspect_ratio` in the processor), same token ids, `<image>` added.
+
+`cos` also writes `roi_config.json` (the two-stage answerer's settings): Chain-of-Spot's evaluation asks "what is
+the region of interest", so the converted model is asked that way. `llava-lora` / `cos-lora` take a LoRA run of
+the original code (peft `adapter_model.bin`, `adapter_config.json`, `non_lora_trainables.bin` with
+`base_model.model.` prefixes) and write our adapter on `--base` (the converted base model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from .original_checkpoint import (
+    CheckpointError,
+    convert_llava_directory,
+    mlp_projector_adapter_state,
+    read_original_lora,
+    write_conversion_record,
+    write_lora_adapter,
+)
+from .roi import RoiConfig
+
+ROI_CONFIG_FILE = "roi_config.json"
+FAMILIES = ("llava", "cos", "llava-lora", "cos-lora")
+PROCESSOR_FILES = (
+    "processor_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
+
+def write_roi_config(out: str | Path) -> None:
+    """Chain-of-Spot's evaluation settings for the converted model (its stage-1 question says "what")."""
+    (Path(out) / ROI_CONFIG_FILE).write_text(
+        json.dumps(dataclasses.asdict(RoiConfig(wording="what")), indent=1)
+    )
+
+
+def convert_full(
+    src: str | Path, out: str | Path, *, family: str, vision_tower: str | None, dtype: str
+) -> Path:
+    """LLaVA-1.5 or Chain-of-Spot full checkpoint -> llava-hf directory."""
+    name = {"llava": "LLaVA-1.5", "cos": "Chain-of-Spot"}[family]
+    convert_llava_directory(src, out, family=name, vision_tower=vision_tower, dtype=dtype)
+    if family == "cos":
+        write_roi_config(out)
+    return Path(out)
+
+
+def convert_lora(src: str | Path, out: str | Path, *, family: str, base: str, dtype: str) -> Path:
+    """A LoRA run of the original LLaVA / Chain-of-Spot code -> our peft adapter on the converted `base`."""
+    src, out, base_dir = Path(src), Path(out), Path(base)
+    lora = read_original_lora(src)
+    state = dict(lora.state)
+    modules_to_save = None
+    projector = {k.removeprefix("model.mm_projector."): v for k, v in lora.non_lora.items()}
+    foreign = [k for k in lora.non_lora if not k.startswith("model.mm_projector.")]
+    if foreign:
+        raise CheckpointError(
+            f"{src / 'non_lora_trainables.bin'}: unexpected key {foreign[0]!r} (a LLaVA LoRA run trains only "
+            "LoRA and the mm_projector)"
+        )
+    if projector:
+        state |= mlp_projector_adapter_state(projector, str(src / "non_lora_trainables.bin"))
+        modules_to_save = ["multi_modal_projector"]
+    weights_dtype = next(iter(lora.state.values())).dtype
+    write_lora_adapter(
+        out,
+        lora,
+        state,
+        base=str(base),
+        modules_to_save=modules_to_save,
+        dtype=weights_dtype if dtype == "auto" else getattr(torch, dtype),
+    )
+    for name in PROCESSOR_FILES:  # the base's tokenizer and processor: the adapter answers with them
+        if (base_dir / name).is_file():
+            shutil.copy(base_dir / name, out / name)
+    if family == "cos-lora":
+        write_roi_config(out)
+    write_conversion_record(out, {"from": family, "source": str(src), "base": str(base)})
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--from", dest="family", required=True, choices=FAMILIES)
+    p.add_argument("--in", dest="src", required=True, help="the original checkpoint directory")
+    p.add_argument("--out", required=True, help="the directory to write")
+    p.add_argument(
+        "--vision-tower", default=None, help="CLIP directory (default: the config's mm_vision_tower)"
+    )
+    p.add_argument("--base", default=None, help="for *-lora: the converted llava-hf base directory")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"))
+    args = p.parse_args(argv)
+    try:
+        if args.family.endswith("-lora"):
+            if not args.base:
+                raise CheckpointError(f"--from {args.family} needs --base (the converted llava-hf base)")
+            out = convert_lora(args.src, args.out, family=args.family, base=args.base, dtype=args.dtype)
+        else:
+            out = convert_full(
+                args.src, args.out, family=args.family, vision_tower=args.vision_tower, dtype=args.dtype
+            )
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"converted {args.family} checkpoint written to {out}")
+
+
+if __name__ == "__main__":
+    main()
