@@ -285,10 +285,8 @@ def reference_perceiver(
         k, v = kv.chunk(2, -1)
         dh = q.shape[-1] // heads
 
-        def split(t):
-            return t.reshape(b, t.shape[1], heads, dh).permute(0, 2, 1, 3)
-
-        attn = ((split(q) * dh**-0.5) @ split(k).transpose(-1, -2)).softmax(-1) @ split(v)
+        qh, kh, vh = (t.reshape(b, t.shape[1], heads, dh).permute(0, 2, 1, 3) for t in (q, k, v))
+        attn = ((qh * dh**-0.5) @ kh.transpose(-1, -2)).softmax(-1) @ vh
         lat = F.linear(attn.permute(0, 2, 1, 3).reshape(b, -1, heads * dh), s[a + "to_out.weight"]) + lat
         h = F.gelu(F.linear(ln(lat, f + "0"), s[f + "1.weight"]))
         lat = F.linear(h, s[f + "3.weight"]) + lat
