@@ -49,6 +49,12 @@ class SegStage:
             )
         return cls(seg, config)
 
+    @classmethod
+    def standalone(cls, config: AgentConfig) -> SegStage:
+        """A full SegLLaVA checkpoint (e.g. converted LISA weights) with its own language model and SAM."""
+        seg = SegLLaVA.from_pretrained(config.seg, dtype=getattr(torch, config.dtype))
+        return cls(seg, config)
+
     @property
     def sam(self) -> nn.Module:
         return self.seg.visual_model
@@ -58,6 +64,8 @@ class SegStage:
         return [self.seg.text_hidden_fcs]
 
     def to(self, device) -> SegStage:
+        if self.seg.core is self.seg.llava:  # a standalone model: move all of it
+            self.seg.to(device)
         self.seg.visual_model.to(device)
         self.seg.text_hidden_fcs.to(device)
         return self

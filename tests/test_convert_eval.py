@@ -102,3 +102,71 @@ def test_lisa_through_the_reasonseg_validator(converted, toy_world, tmp_path):
     )  # fmt: skip
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["n"] == 2 and 0.0 <= metrics["giou"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def llava15_and_switch(converted, tmp_path_factory) -> dict[str, Path]:
+    """The converted LLaVA-1.5 base and the FaST release's switch LoRA run converted onto it."""
+    import torch
+    from original_layouts import original_lora_dir
+
+    from roillava.convert import main as roi_convert
+    from swillava.convert import main as swi_convert
+
+    root = tmp_path_factory.mktemp("fast_release")
+    clip_tower(root / "clip336")
+    src, llama = original_llava_dir(
+        root / "llava-v1.5-7b",
+        root / "clip336",
+        projector=mlp_projector_state(),
+        config_fields={"image_aspect_ratio": "pad"},
+    )
+    roi_convert(["--from", "llava", "--in", str(src), "--out", str(root / "base")])
+    original_lora_dir(root / "run", llama)
+    torch.save(perceiver_state(prefix="model.mm_projector."), root / "resampler.bin")
+    swi_convert(["--from", "fast-release", "--in", str(root / "run"), "--out", str(root / "switch"),
+                 "--base", str(root / "base"), "--perceiver", str(root / "resampler.bin")])  # fmt: skip
+    return {"base": root / "base", "switch": root / "switch"}
+
+
+def _fast(argv: list[str], tmp_path: Path, capsys) -> str:
+    import numpy as np
+    from PIL import Image
+
+    from fast.cli import main as fast_main
+
+    image = tmp_path / "x.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(image)
+    fast_main([
+        "--image", str(image), "--question", "What color is the dog?", "--mode", "system2-always",
+        "--switch-max-new-tokens", "4", "--roi-max-new-tokens", "6", "--max-new-tokens", "3", "--device", "cpu", *argv,
+    ])  # fmt: skip
+    return capsys.readouterr().out
+
+
+def test_fast_with_the_released_switch_and_standalone_cos_and_lisa(
+    converted, llava15_and_switch, tmp_path, capsys
+):
+    """`python -m fast` on the converted LLaVA-1.5 base with the FaST switch adapter; CoS and LISA (their own
+    weights, towers and vocabularies) run as standalone stages."""
+    out = _fast(
+        ["--base", str(llava15_and_switch["base"]), "--switch", str(llava15_and_switch["switch"]),
+         "--roi", str(converted["cos"]), "--seg", str(converted["lisa"]), "--evidence", "roi+seg"],
+        tmp_path, capsys,
+    )  # fmt: skip
+    assert "system:   system2 (forced)" in out and "roi:" in out
+
+
+def test_fast_with_seal_as_the_switch(converted, llava15_and_switch, tmp_path, capsys):
+    out = _fast(
+        ["--base", str(llava15_and_switch["base"]), "--switch", str(converted["seal"]),
+         "--roi", str(converted["cos"]), "--evidence", "roi"],
+        tmp_path, capsys,
+    )  # fmt: skip
+    assert "answer:" in out
+
+
+def test_fast_asks_converted_cos_with_its_wording(converted):
+    from fast.model import read_roi_config
+
+    assert read_roi_config(converted["cos"], max_new_tokens=4).wording == "what"
