@@ -15,6 +15,11 @@ a llava-hf directory that `roillava.answer`, `roillava.roi_answer`, `eval/` and 
 the region of interest", so the converted model is asked that way. `llava-lora` / `cos-lora` take a LoRA run of
 the original code (peft `adapter_model.bin`, `adapter_config.json`, `non_lora_trainables.bin` with
 `base_model.model.` prefixes) and write our adapter on `--base` (the converted base model).
+
+    python -m roillava.convert --from adapter --in runs/roi --out roi-merged [--base BASE]
+
+`adapter` goes the other way: one of our adapters (System-1 LoRA or the ROI adapter) merged into its base, written
+as a standalone llava-hf directory (with the adapter's run config, so the ROI wording stays).
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from .original_checkpoint import (
 from .roi import RoiConfig
 
 ROI_CONFIG_FILE = "roi_config.json"
-FAMILIES = ("llava", "cos", "llava-lora", "cos-lora")
+FAMILIES = ("llava", "cos", "llava-lora", "cos-lora", "adapter")
+RUN_CONFIG_FILES = ("roillava_train_config.json", ROI_CONFIG_FILE)
 PROCESSOR_FILES = (
     "processor_config.json",
     "preprocessor_config.json",
@@ -101,6 +107,25 @@ def convert_lora(src: str | Path, out: str | Path, *, family: str, base: str, dt
     return out
 
 
+def export_adapter(src: str | Path, out: str | Path, *, base: str | None, dtype: str) -> Path:
+    """One of our LoRA adapters (System 1 or ROI) merged into its base: a standalone llava-hf directory."""
+    from .answer import load_for_inference
+
+    src, out = Path(src), Path(out)
+    if not (src / "adapter_config.json").is_file():
+        raise CheckpointError(f"{src / 'adapter_config.json'}: missing (not one of our LoRA adapters)")
+    model, processor = load_for_inference(
+        str(src), base, dtype=torch.float32 if dtype == "auto" else getattr(torch, dtype)
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    for name in RUN_CONFIG_FILES:  # the ROI wording and template the adapter was trained or converted with
+        if (src / name).is_file():
+            shutil.copy(src / name, out / name)
+    write_conversion_record(out, {"from": "adapter", "source": str(src), "base": base})
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from", dest="family", required=True, choices=FAMILIES)
@@ -109,11 +134,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--vision-tower", default=None, help="CLIP directory (default: the config's mm_vision_tower)"
     )
-    p.add_argument("--base", default=None, help="for *-lora: the converted llava-hf base directory")
+    p.add_argument(
+        "--base",
+        default=None,
+        help="*-lora: the converted llava-hf base; adapter: its base (default: recorded)",
+    )
     p.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"))
     args = p.parse_args(argv)
     try:
-        if args.family.endswith("-lora"):
+        if args.family == "adapter":
+            out = export_adapter(args.src, args.out, base=args.base, dtype=args.dtype)
+        elif args.family.endswith("-lora"):
             if not args.base:
                 raise CheckpointError(f"--from {args.family} needs --base (the converted llava-hf base)")
             out = convert_lora(args.src, args.out, family=args.family, base=args.base, dtype=args.dtype)
@@ -121,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
             out = convert_full(
                 args.src, args.out, family=args.family, vision_tower=args.vision_tower, dtype=args.dtype
             )
-    except CheckpointError as e:
+    except (CheckpointError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     print(f"converted {args.family} checkpoint written to {out}")
 

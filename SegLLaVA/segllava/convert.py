@@ -13,22 +13,28 @@ directory in `sam/`, `text_hidden_fcs` in `seg_heads.safetensors` and `segllava_
 
 `sam`: Meta's `sam_vit_{b,l,h}_*.pth` (or SAM inside a LISA checkpoint file) becomes a transformers `SamModel`
 directory, for `--vision_pretrained`. Sizes other than vit_b/l/h need `--sam-config` (a SamConfig JSON).
+
+    python -m segllava.convert --from adapter --in runs/seg --out seg-merged [--base BASE]
+
+`adapter` goes the other way: our seg adapter merged into its base (`merge_lora_weights_and_save_hf_model.py`).
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 from transformers import SamConfig
 
 from .conversation import IM_END, IM_START, SEG_TOKEN
-from .model import HEADS_FILE, SAM_SUBDIR, TEXT_HIDDEN_FCS, SegConfig
+from .model import HEADS_FILE, SAM_SUBDIR, TEXT_HIDDEN_FCS, SegConfig, SegLLaVA
 from .original_checkpoint import CheckpointError, aspect_ratio_of, convert_llava_directory, read_config
 from .sam_checkpoint import load_sam, sam_from_meta_state
 
-FAMILIES = ("lisa", "sam")
+FAMILIES = ("lisa", "sam", "adapter")
 LISA_FCS_PREFIX = "model.text_hidden_fcs."
 LISA_SAM_PREFIX = "model.visual_model."
 FCS_KEYS = {"0.0.weight", "0.0.bias", "0.2.weight", "0.2.bias"}
@@ -97,6 +103,34 @@ def convert_sam(src: str | Path, out: str | Path, *, sam_config: str | None) -> 
     return Path(out)
 
 
+def merge_and_save(
+    weight: str | Path, save_path: str | Path, version: str | None = None, dtype=torch.float32
+) -> Path:
+    """Load the adapter on its base, merge, and write the full checkpoint; returns `save_path`."""
+    out = Path(save_path)
+    out.mkdir(parents=True, exist_ok=True)
+    llava = None
+    if version is not None:
+        from transformers import LlavaForConditionalGeneration
+
+        llava = LlavaForConditionalGeneration.from_pretrained(version, dtype=dtype)
+    seg = SegLLaVA.from_pretrained(weight, llava=llava, merge=True, dtype=dtype)
+    if seg.core is not seg.llava:  # a shared base keeps the adapter unmerged; merge it here
+        seg.llava = seg.llava.merge_and_unload()
+    seg.llava.save_pretrained(out)
+    seg.processor.save_pretrained(out)
+    seg.visual_model.save_pretrained(out / SAM_SUBDIR)
+    heads = {
+        f"{TEXT_HIDDEN_FCS}.{k}": v.detach().cpu().contiguous()
+        for k, v in seg.text_hidden_fcs.state_dict().items()
+    }
+    save_file(heads, str(out / HEADS_FILE))
+    replace(
+        seg.seg_config, base_model=".", vision_pretrained=SAM_SUBDIR, sam_trained=[], weights="full"
+    ).save(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from", dest="family", required=True, choices=FAMILIES)
@@ -107,11 +141,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--vision-tower", default=None, help="lisa: CLIP directory (default: the config's vision tower)"
     )
+    p.add_argument("--base", default=None, help="adapter: its base (default: the one recorded with it)")
     p.add_argument("--sam-config", default=None, help="a SamConfig JSON for SAM sizes other than vit_b/l/h")
     p.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"))
     args = p.parse_args(argv)
     try:
-        if args.family == "lisa":
+        if args.family == "adapter":
+            out = merge_and_save(
+                args.src,
+                args.out,
+                args.base,
+                torch.float32 if args.dtype == "auto" else getattr(torch, args.dtype),
+            )
+        elif args.family == "lisa":
             out = convert_lisa(
                 args.src,
                 args.out,
@@ -121,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         else:
             out = convert_sam(args.src, args.out, sam_config=args.sam_config)
-    except CheckpointError as e:
+    except (CheckpointError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     print(f"converted {args.family} checkpoint written to {out}")
 

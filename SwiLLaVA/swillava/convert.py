@@ -16,24 +16,31 @@ projectors, so its `non_lora_trainables.bin` may lack the perceiver: pass the pe
 `mm_projector.bin` it started from as `--perceiver`.
 
 Both load with `swillava.model.load_switch` and answer with `python -m swillava.infer`, `eval/` and `fast`.
+
+    python -m swillava.convert --from adapter --in runs/switch --out switch-merged [--base BASE]
+
+`adapter` goes the other way: our switch adapter merged into its base, written as a "full" SwiLLaVA checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from .model import (
+    CONFIG_FILE,
     MLP_PROJECTOR,
     OBJECT_PROJECTOR,
     OBJECT_PROJECTOR_FILE,
     ObjectProjectorConfig,
     SwiConfig,
     llava_processor,
+    load_switch,
 )
 from .original_checkpoint import (
     CheckpointError,
@@ -46,7 +53,7 @@ from .original_checkpoint import (
 )
 from .resampler import object_projector_state_from_checkpoint, remap_perceiver_pretrain_keys
 
-FAMILIES = ("seal", "fast-release")
+FAMILIES = ("seal", "fast-release", "adapter")
 SEAL_OBJECT_PREFIX = "model.mm_projector_object."
 SEAL_DIM_HEAD = 96  # SEAL's perceiver: 16 heads x 96
 
@@ -164,6 +171,19 @@ def convert_fast_release(
     return out
 
 
+def export_adapter(src: str | Path, out: str | Path, *, base: str | None, dtype: str) -> Path:
+    """Our switch adapter merged into its base: a "full" SwiLLaVA checkpoint (llava-hf + object projector)."""
+    src, out = Path(src), Path(out)
+    if not (src / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{src / CONFIG_FILE}: missing (not a SwiLLaVA checkpoint)")
+    swi, processor = load_switch(src, base, dtype=torch.float32 if dtype == "auto" else getattr(torch, dtype))
+    swi.swi_config = replace(swi.swi_config, base_model=".")
+    swi.save_pretrained(out)
+    processor.save_pretrained(out)
+    write_conversion_record(out, {"from": "adapter", "source": str(src), "base": base})
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from", dest="family", required=True, choices=FAMILIES)
@@ -182,7 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"))
     args = p.parse_args(argv)
     try:
-        if args.family == "seal":
+        if args.family == "adapter":
+            out = export_adapter(args.src, args.out, base=args.base, dtype=args.dtype)
+        elif args.family == "seal":
             out = convert_seal(
                 args.src,
                 args.out,
@@ -201,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
                 dtype=args.dtype,
                 heads=args.perceiver_heads,
             )
-    except CheckpointError as e:
+    except (CheckpointError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     print(f"converted {args.family} checkpoint written to {out}")
 
