@@ -92,6 +92,7 @@ def test_llava15_tokenizer_and_processor(llava15):
     assert saved["do_pad"] is True and saved["crop_size"] == {"height": 28, "width": 28}
     record = json.loads((out / "conversion.json").read_text())
     assert record["image_aspect_ratio"] == "pad" and record["projector"] == "mlp2x_gelu"
+    assert load_for_inference(str(out))[1].image_processor.do_pad is True
 
 
 def test_square_aspect_ratio_is_kept(tmp_path, tower):
@@ -101,6 +102,16 @@ def test_square_aspect_ratio_is_kept(tmp_path, tower):
     main(["--from", "llava", "--in", str(src), "--out", str(tmp_path / "hf")])
     saved = json.loads((tmp_path / "hf" / "processor_config.json").read_text())["image_processor"]
     assert saved["do_pad"] is False  # no image_aspect_ratio in the config: LLaVA's resize + centre crop
+    _, processor = load_for_inference(str(tmp_path / "hf"))  # the answerers preprocess as the model did
+    assert processor.image_processor.do_pad is False
+
+
+def test_im_start_end_checkpoint_is_refused_by_the_llava_converter(tmp_path, tower):
+    src, _ = original_llava_dir(
+        tmp_path / "se", tower[0], projector=mlp_projector_state(), config_fields={"mm_use_im_start_end": True}
+    )
+    with pytest.raises(SystemExit, match="mm_use_im_start_end is true"):
+        main(["--from", "llava", "--in", str(src), "--out", str(tmp_path / "hf")])
 
 
 def test_linear_projector_full_width_is_exact():

@@ -33,9 +33,11 @@ from pathlib import Path
 import torch
 
 from .original_checkpoint import (
+    CONVERSION_FILE,
     CheckpointError,
     convert_llava_directory,
     mlp_projector_adapter_state,
+    read_config,
     read_original_lora,
     write_conversion_record,
     write_lora_adapter,
@@ -62,11 +64,24 @@ def write_roi_config(out: str | Path) -> None:
     )
 
 
+def recorded_aspect_ratio(directory: str | Path, default: str = "pad") -> str:
+    """The `image_aspect_ratio` a converted checkpoint recorded (`conversion.json`); `default` otherwise."""
+    record = Path(directory) / CONVERSION_FILE
+    if record.is_file():
+        return json.loads(record.read_text()).get("image_aspect_ratio", default)
+    return default
+
+
 def convert_full(
     src: str | Path, out: str | Path, *, family: str, vision_tower: str | None, dtype: str
 ) -> Path:
     """LLaVA-1.5 or Chain-of-Spot full checkpoint -> llava-hf directory."""
     name = {"llava": "LLaVA-1.5", "cos": "Chain-of-Spot"}[family]
+    if read_config(src).get("mm_use_im_start_end"):
+        raise CheckpointError(
+            f"{Path(src) / 'config.json'}: mm_use_im_start_end is true; our LLaVA prompts do not wrap images in "
+            "<im_start>/<im_end> (LISA's checkpoints do: convert those with segllava.convert --from lisa)"
+        )
     convert_llava_directory(src, out, family=name, vision_tower=vision_tower, dtype=dtype)
     if family == "cos":
         write_roi_config(out)

@@ -47,6 +47,7 @@ from .original_checkpoint import (
     convert_llava_directory,
     load_weights_file,
     mlp_projector_adapter_state,
+    read_config,
     read_original_lora,
     write_conversion_record,
     write_lora_adapter,
@@ -86,6 +87,11 @@ def convert_seal(
 ) -> Path:
     """SEAL's full VQA LLM -> a "full" SwiLLaVA checkpoint."""
     out = Path(out)
+    if read_config(src).get("mm_use_im_start_end"):
+        raise CheckpointError(
+            f"{Path(src) / 'config.json'}: mm_use_im_start_end is true; SwiLLaVA prompts do not wrap images in "
+            "<im_start>/<im_end>"
+        )
     model, processor, original = convert_llava_directory(
         src,
         out,
