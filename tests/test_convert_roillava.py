@@ -108,7 +108,10 @@ def test_square_aspect_ratio_is_kept(tmp_path, tower):
 
 def test_im_start_end_checkpoint_is_refused_by_the_llava_converter(tmp_path, tower):
     src, _ = original_llava_dir(
-        tmp_path / "se", tower[0], projector=mlp_projector_state(), config_fields={"mm_use_im_start_end": True}
+        tmp_path / "se",
+        tower[0],
+        projector=mlp_projector_state(),
+        config_fields={"mm_use_im_start_end": True},
     )
     with pytest.raises(SystemExit, match="mm_use_im_start_end is true"):
         main(["--from", "llava", "--in", str(src), "--out", str(tmp_path / "hf")])
@@ -238,3 +241,18 @@ def test_llava_hf_directory_is_recognised(llava15, tmp_path):
 
     with pytest.raises(CheckpointError, match="llava-hf checkpoint"):
         split_original(read_state_dict(out), source=str(out), family="LLaVA-1.5")
+
+
+def test_lora_run_given_as_full_checkpoint_says_which_option(llava15, tmp_path):
+    _, _, llama, _ = llava15
+    original_lora_dir(tmp_path / "lora", llama)
+    (tmp_path / "lora" / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match="a LoRA run .* --from llava-lora"):
+        main(["--from", "cos", "--in", str(tmp_path / "lora"), "--out", str(tmp_path / "o")])
+
+
+def test_legacy_pickle_shard_reads(tmp_path):
+    from roillava.original_checkpoint import load_weights_file
+
+    torch.save({"a": torch.ones(2)}, tmp_path / "old.bin", _use_new_zipfile_serialization=False)
+    assert torch.equal(load_weights_file(tmp_path / "old.bin")["a"], torch.ones(2))

@@ -65,7 +65,10 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             state = load_file(str(path), device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:  # memory-mapped: a 7B model's shards are not all copied into RAM at once
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (non-zip) pickle format cannot be mapped
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any reader failure means the same thing to the user
         raise CheckpointError(
             f"{path}: cannot read it ({type(e).__name__}: {str(e)[:200]}); the file is truncated or not a "
@@ -93,6 +96,11 @@ def weight_files(directory: str | Path) -> tuple[list[Path], dict[str, str]]:
                     raise CheckpointError(f"{d / name}: lists {f.name}, which is missing")
             return files, weight_map
     files = sorted(d.glob("model*.safetensors")) or sorted(d.glob("pytorch_model*.bin"))
+    if not files and (d / "adapter_config.json").is_file():
+        raise CheckpointError(
+            f"{d}: a LoRA run (adapter_config.json, adapter_model.*), not a full checkpoint; convert it with "
+            "--from llava-lora / cos-lora (roillava) or fast-release (swillava) on its converted base"
+        )
     if not files:
         raise CheckpointError(
             f"{d}: no weights (want pytorch_model*.bin or *.safetensors, with their index when sharded)"
