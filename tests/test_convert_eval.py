@@ -169,4 +169,7 @@ def test_fast_with_seal_as_the_switch(converted, llava15_and_switch, tmp_path, c
 def test_fast_asks_converted_cos_with_its_wording(converted):
     from fast.model import read_roi_config
 
-    assert read_roi_config(converted["cos"], max_new_tokens=4).wording == "what"
+    config = read_roi_config(converted["cos"], max_new_tokens=4)
+    config = config[0] if isinstance(config, tuple) else config  # (config, why) where the reader says why
+    assert config.wording == "what"
+    assert json.loads((converted["cos"] / "config.json").read_text())["roi_wording"] == "what"

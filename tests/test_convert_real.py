@@ -47,13 +47,21 @@ def test_llava15_at_real_widths(tmp_path):
         hidden_size=1024, intermediate_size=4096, num_hidden_layers=2, num_attention_heads=16, image_size=336,
         patch_size=14, projection_dim=768, hidden_act="quick_gelu",
     )  # fmt: skip
-    tower = CLIPVisionModel(tower_config).eval()
+    # bf16-exact values: the converter stores the tower in the checkpoint's dtype (bf16 here)
+    tower = CLIPVisionModel(tower_config).to(torch.bfloat16).float().eval()
     tower.save_pretrained(tmp_path / "clip336")
     text = LlamaConfig(
         hidden_size=4096, intermediate_size=11008, num_hidden_layers=1, num_attention_heads=32, vocab_size=32000,
         rms_norm_eps=1e-5, max_position_embeddings=4096, tie_word_embeddings=False,
     )  # fmt: skip
-    llama = LlamaForCausalLM(text).to(torch.bfloat16).eval()
+    with torch.device("meta"):
+        shapes = LlamaForCausalLM(text).state_dict()
+    llama = {
+        k: torch.ones(v.shape, dtype=torch.bfloat16)
+        if "norm" in k
+        else (torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) * 0.02).to(torch.bfloat16)
+        for i, (k, v) in enumerate(shapes.items())
+    }
     g = torch.Generator().manual_seed(1)
     projector = {
         "model.mm_projector.0.weight": torch.randn(4096, 1024, generator=g) * 0.02,
@@ -64,7 +72,7 @@ def test_llava15_at_real_widths(tmp_path):
     projector = {k: v.to(torch.bfloat16) for k, v in projector.items()}
     src = tmp_path / "llava-v1.5-7b"
     src.mkdir()
-    save_sharded_bin(src, {**llama.state_dict(), **projector})
+    save_sharded_bin(src, {**llama, **projector})
     (src / "config.json").write_text(json.dumps({
         "model_type": "llava", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 1,
         "num_attention_heads": 32, "num_key_value_heads": 32, "rms_norm_eps": 1e-5, "max_position_embeddings": 4096,
@@ -73,8 +81,8 @@ def test_llava15_at_real_widths(tmp_path):
         "image_aspect_ratio": "pad", "mm_use_im_start_end": False, "torch_dtype": "float16",
     }))  # fmt: skip
     _original_tokenizer(src)
-    main(["--from", "llava", "--in", str(src), "--out", str(tmp_path / "hf")])
     del llama
+    main(["--from", "llava", "--in", str(src), "--out", str(tmp_path / "hf")])
     hf = tmp_path / "hf"
     config = json.loads((hf / "config.json").read_text())
     # llava-1.5-7b-hf's geometry: <image> right after LLaMA's ids, the vocabulary padded to 32064, 576 rows

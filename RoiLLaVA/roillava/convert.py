@@ -45,6 +45,7 @@ from .original_checkpoint import (
 from .roi import RoiConfig
 
 ROI_CONFIG_FILE = "roi_config.json"
+ROI_WORDING_KEY = "roi_wording"  # a converted checkpoint's recorded stage-1 wording, in its config.json
 FAMILIES = ("llava", "cos", "llava-lora", "cos-lora", "adapter")
 RUN_CONFIG_FILES = ("roillava_train_config.json", ROI_CONFIG_FILE)
 PROCESSOR_FILES = (
@@ -58,10 +59,15 @@ PROCESSOR_FILES = (
 
 
 def write_roi_config(out: str | Path) -> None:
-    """Chain-of-Spot's evaluation settings for the converted model (its stage-1 question says "what")."""
-    (Path(out) / ROI_CONFIG_FILE).write_text(
-        json.dumps(dataclasses.asdict(RoiConfig(wording="what")), indent=1)
-    )
+    """Chain-of-Spot's evaluation settings for the converted model (its stage-1 question says "what"): in
+    `roi_config.json`, and as `roi_wording` in `config.json` where the answerers look for a recorded wording."""
+    out = Path(out)
+    (out / ROI_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(RoiConfig(wording="what")), indent=1))
+    config_file = out / "config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text())
+        config[ROI_WORDING_KEY] = "what"
+        config_file.write_text(json.dumps(config, indent=2))
 
 
 def recorded_aspect_ratio(directory: str | Path, default: str = "pad") -> str:
