@@ -11,43 +11,14 @@ the whole SAM with the trained mask decoder in `sam/` (a `SamModel` directory), 
 """
 
 import argparse
-from dataclasses import replace
-from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from segllava.model import HEADS_FILE, SAM_SUBDIR, TEXT_HIDDEN_FCS, SegLLaVA
+from segllava.convert import merge_and_save
+
+__all__ = ["merge_and_save"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def merge_and_save(
-    weight: str | Path, save_path: str | Path, version: str | None = None, dtype=torch.float32
-) -> Path:
-    """Load the adapter on its base, merge, and write the full checkpoint; returns `save_path`."""
-    out = Path(save_path)
-    out.mkdir(parents=True, exist_ok=True)
-    llava = None
-    if version is not None:
-        from transformers import LlavaForConditionalGeneration
-
-        llava = LlavaForConditionalGeneration.from_pretrained(version, dtype=dtype)
-    seg = SegLLaVA.from_pretrained(weight, llava=llava, merge=True, dtype=dtype)
-    if seg.core is not seg.llava:  # a shared base keeps the adapter unmerged; merge it here
-        seg.llava = seg.llava.merge_and_unload()
-    seg.llava.save_pretrained(out)
-    seg.processor.save_pretrained(out)
-    seg.visual_model.save_pretrained(out / SAM_SUBDIR)
-    heads = {
-        f"{TEXT_HIDDEN_FCS}.{k}": v.detach().cpu().contiguous()
-        for k, v in seg.text_hidden_fcs.state_dict().items()
-    }
-    save_file(heads, str(out / HEADS_FILE))
-    replace(
-        seg.seg_config, base_model=".", vision_pretrained=SAM_SUBDIR, sam_trained=[], weights="full"
-    ).save(out)
-    return out
 
 
 def main() -> None:

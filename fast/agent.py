@@ -349,11 +349,15 @@ class FastAgent:
     def _roi(self, requests, traces, rows, regions, clock) -> None:
         model = self.model
         model.use(ROI)
-        kw = {"processor": model.roi_processor, "model_config": model.core.config, "config": model.roi_config}
+        kw = {
+            "processor": model.roi_processor,
+            "model_config": model.roi_model.config,
+            "config": model.roi_config,
+        }
         prompts = [stage1_prompt(self._roi_question(requests[i]), requests[i].image, **kw) for i in rows]
         texts = clock.run(
             "roi", rows,
-            lambda: llava_generate(model.peft, model.roi_processor, prompts, max_new_tokens=model.roi_config.roi_max_new_tokens),
+            lambda: llava_generate(model.roi_model, model.roi_processor, prompts, max_new_tokens=model.roi_config.roi_max_new_tokens),
         )  # fmt: skip
         for i, text in zip(rows, texts):
             parsed = parse_roi_box(text, model.roi_config.min_side)

@@ -33,7 +33,7 @@ from roillava.wording import TRAIN_CONFIG_FILE as ROI_TRAIN_CONFIG_FILE
 from roillava.wording import resolve_roi_wording
 from swillava.conversation import OBJECT_PLACEHOLDER
 from swillava.infer import SwitchAdapter
-from swillava.model import OBJECT_PROJECTOR, SwiConfig, SwiLLaVA, attach_object_projector
+from swillava.model import OBJECT_PROJECTOR, SwiConfig, SwiLLaVA, attach_object_projector, load_switch
 
 from .config import AgentConfig
 from .vision_cache import VisionMemo
@@ -225,6 +225,19 @@ def read_roi_config(
     return RoiConfig(wording=wording, template=template, roi_max_new_tokens=max_new_tokens), why
 
 
+def is_standalone(stage: str, directory: str | Path) -> bool:
+    """A stage checkpoint with its own full model (converted released weights, merged adapters), not a LoRA
+    adapter on the base: it runs as a separate model, with its own vision tower and vocabulary."""
+    d = Path(directory)
+    if stage == SWITCH:
+        return SwiConfig.load(d).weights == "full"
+    if stage == SEG:
+        from segllava.model import SegConfig
+
+        return SegConfig.load(d).weights == "full"
+    return not (d / ADAPTER_CONFIG_FILE).is_file()
+
+
 class FastModel:
     """The shared base with every adapter attached; `use(name)` picks the adapter a stage runs with."""
 
@@ -239,15 +252,29 @@ class FastModel:
         # Read before peft wraps the embeddings (seg may train rows of its new tokens).
         self.embedding_rows = rows = llava.get_input_embeddings().num_embeddings
 
-        # --- switch: LoRA + its projector copy; the object projector as one plain module
+        # --- switch: LoRA + its projector copy; the object projector as one plain module. A stage given as a
+        # full checkpoint (e.g. converted SEAL / Chain-of-Spot / LISA weights) runs as its own model instead.
         self.switch_config = SwiConfig.load(config.switch)
-        switch_processor = load_processor(config.switch, config.base)
-        processors = {SWITCH: switch_processor}
-        required = {SWITCH: (OBJECT_PLACEHOLDER,)}
-        if config.roi:
+        self.standalone: dict[str, nn.Module] = {}
+        standalone = {
+            name
+            for name, d in ((SWITCH, config.switch), (ROI, config.roi), (SEG, config.seg))
+            if d and is_standalone(name, d)
+        }
+        processors, required = {}, {}
+        if SWITCH in standalone:
+            swi, switch_processor = load_switch(
+                config.switch, dtype=config.torch_dtype, bits=config.bits, device=config.device
+            )
+            self.standalone[SWITCH] = swi
+        else:
+            switch_processor = load_processor(config.switch, config.base)
+            processors[SWITCH] = switch_processor
+            required[SWITCH] = (OBJECT_PLACEHOLDER,)
+        if config.roi and ROI not in standalone:
             processors[ROI] = load_processor(config.roi, config.base)
         self.seg_stage = None
-        if config.seg:
+        if config.seg and SEG not in standalone:
             from .seg import SEG_TOKEN
 
             processors[SEG] = load_processor(config.seg, config.base)
@@ -259,35 +286,55 @@ class FastModel:
             embedding_rows=rows,
             image_token_id=core_config.image_token_id,
         )
-        object_projector = attach_object_projector(llava, self.switch_config.object_projector)
-        peft_model, plain = attach_lora_adapter(
-            llava, config.switch, SWITCH, plain_modules=(OBJECT_PROJECTOR,)
-        )
-        prefix = f"model.{OBJECT_PROJECTOR}."
-        object_state = {k.removeprefix(prefix): v for k, v in plain.items() if k.startswith(prefix)}
-        if not object_state:
-            raise ValueError(f"{config.switch}: the switch adapter holds no {OBJECT_PROJECTOR} weights")
-        object_projector.load_state_dict(object_state, strict=True)
+        peft_model = llava
+        if SWITCH not in standalone:
+            object_projector = attach_object_projector(llava, self.switch_config.object_projector)
+            peft_model, plain = attach_lora_adapter(
+                llava, config.switch, SWITCH, plain_modules=(OBJECT_PROJECTOR,)
+            )
+            prefix = f"model.{OBJECT_PROJECTOR}."
+            object_state = {k.removeprefix(prefix): v for k, v in plain.items() if k.startswith(prefix)}
+            if not object_state:
+                raise ValueError(f"{config.switch}: the switch adapter holds no {OBJECT_PROJECTOR} weights")
+            object_projector.load_state_dict(object_state, strict=True)
 
         if config.roi:
-            peft_model, _ = attach_lora_adapter(peft_model, config.roi, ROI)
-            self.roi_processor = processors[ROI]
             self.roi_config, self.roi_wording_source = read_roi_config(
                 config.roi, max_new_tokens=config.roi_max_new_tokens, wording=config.roi_wording
             )
+            if ROI in standalone:
+                from roillava.answer import load_for_inference
+
+                self.standalone[ROI], self.roi_processor = load_for_inference(
+                    config.roi, dtype=config.torch_dtype, bits=config.bits, device=config.device
+                )
+            else:
+                peft_model, _ = attach_lora_adapter(peft_model, config.roi, ROI)
+                self.roi_processor = processors[ROI]
         self.sam = None
         if config.seg:
             from .seg import SEG_TOKEN, SegStage
 
-            self.seg_stage = SegStage.attach(peft_model, config, self.token_ids[SEG][SEG_TOKEN])
+            if SEG in standalone:
+                self.seg_stage = SegStage.standalone(config)
+                self.standalone[SEG] = self.seg_stage.seg
+            else:
+                self.seg_stage = SegStage.attach(peft_model, config, self.token_ids[SEG][SEG_TOKEN])
             self.sam = self.seg_stage.sam
 
         self.peft = peft_model.eval()
         self.peft.requires_grad_(False)
-        swi = SwiLLaVA(self.peft, self.switch_config, self.token_ids[SWITCH][OBJECT_PLACEHOLDER])
+        for name, module in self.standalone.items():
+            if name != SEG:  # the seg stage moves itself
+                module.to(config.device).eval().requires_grad_(False)
+        if SWITCH in standalone:
+            swi = self.standalone[SWITCH]
+        else:
+            swi = SwiLLaVA(self.peft, self.switch_config, self.token_ids[SWITCH][OBJECT_PLACEHOLDER])
         self.switch = SwitchAdapter(swi, switch_processor, max_new_tokens=config.switch_max_new_tokens)
         if self.seg_stage is not None:
             self.seg_stage.to(config.device)
+            self.seg_stage.seg.requires_grad_(False)
 
         layers = core_config.vision_feature_layer
         self.vision = VisionMemo(
@@ -298,17 +345,27 @@ class FastModel:
     # --- adapters -----------------------------------------------------------------------------------
     @property
     def adapters(self) -> list[str]:
-        return list(self.peft.peft_config)
+        return list(getattr(self.peft, "peft_config", {}))
+
+    @property
+    def roi_model(self) -> nn.Module:
+        """The model the ROI stage generates with: the shared one (under "roi") or its own full model."""
+        return self.standalone.get(ROI, self.peft)
 
     def use(self, name: str) -> None:
         """Activate one adapter (its LoRA and its projector copy) for the next stage."""
-        if name not in self.peft.peft_config:
+        if name in self.standalone:
+            return  # that stage runs on its own model
+        if name not in self.adapters:
             raise ValueError(f"no {name!r} adapter loaded; loaded: {self.adapters}")
         self.peft.set_adapter(name, inference_mode=True)
 
     @contextlib.contextmanager
     def base_only(self) -> Iterator[nn.Module]:
         """The System-1 base: every adapter off, the base's own projector."""
+        if not self.adapters:  # every stage is standalone: the base carries no adapter
+            yield self.peft
+            return
         with self.peft.disable_adapter():
             yield self.peft
 
@@ -319,21 +376,28 @@ class FastModel:
     # --- memory -------------------------------------------------------------------------------------
     def _memory_report(self, base_count: int) -> MemoryReport:
         extra = self.seg_stage.heads() if self.seg_stage is not None else []
-        return memory_report(self.peft, self.core, self.sam, extra, base_count)
+        return memory_report(self.peft, self.core, self.sam, extra, base_count, standalone=self.standalone)
 
 
 def memory_report(
-    peft: nn.Module, core: nn.Module, sam: nn.Module | None, extra: list[nn.Module], base_count: int
+    peft: nn.Module,
+    core: nn.Module,
+    sam: nn.Module | None,
+    extra: list[nn.Module],
+    base_count: int,
+    standalone: dict[str, nn.Module] | None = None,
 ) -> MemoryReport:
     """Resident parameters of the composed agent (shared storages once) against the base + SAM.
 
-    Works on meta-device models too (storages then have no address: every parameter object counts once).
+    `standalone`: stages that run as their own full model (converted released weights). Works on
+    meta-device models too (storages then have no address: every parameter object counts once).
     """
+    standalone = standalone or {}
     sam_count = unique_parameter_count(sam)
-    agent = unique_parameter_count(peft, sam, *extra)
+    agent = unique_parameter_count(peft, sam, *extra, *standalone.values())
     breakdown = {"base": base_count, "sam": sam_count}
     named = list(peft.named_parameters())
-    for name in peft.peft_config:
+    for name in getattr(peft, "peft_config", {}):
         mine = [(n, p) for n, p in named if name in n.split(".")]
         lora = sum(p.numel() for n, p in mine if "lora_" in n)
         copies = sum(p.numel() for n, p in mine if "modules_to_save" in n)
@@ -342,7 +406,9 @@ def memory_report(
         other = sum(p.numel() for _, p in mine) - lora - copies
         if other:
             breakdown[f"{name}_other"] = other  # e.g. seg's trained rows of its new tokens
-    breakdown["object_projector"] = unique_parameter_count(getattr(core.model, OBJECT_PROJECTOR))
+    for name, module in standalone.items():
+        breakdown[f"{name}_standalone"] = unique_parameter_count(module)
+    breakdown["object_projector"] = unique_parameter_count(getattr(core.model, OBJECT_PROJECTOR, None))
     if extra:
         breakdown["seg_heads"] = unique_parameter_count(*extra)
     return MemoryReport(agent, base_count + sam_count, breakdown)

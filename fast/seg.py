@@ -55,6 +55,12 @@ class SegStage:
             )
         return cls(seg, config)
 
+    @classmethod
+    def standalone(cls, config: AgentConfig) -> SegStage:
+        """A full SegLLaVA checkpoint (e.g. converted LISA weights) with its own language model and SAM."""
+        seg = SegLLaVA.from_pretrained(config.seg, dtype=config.torch_dtype, device=config.device)
+        return cls(seg, config)
+
     @property
     def sam(self) -> nn.Module:
         return self.seg.visual_model
@@ -64,6 +70,8 @@ class SegStage:
         return [self.seg.text_hidden_fcs]
 
     def to(self, device) -> SegStage:
+        if self.seg.core is self.seg.llava:  # a standalone model: move all of it
+            self.seg.to(device)
         self.seg.visual_model.to(device)
         self.seg.text_hidden_fcs.to(device)
         return self

@@ -429,7 +429,10 @@ def load_for_inference(
             processor_source = base
     else:
         model = load_base(model_path, dtype=dtype, bits=bits, device=device)
-    processor = llava_processor(processor_source, "pad")
+    from .convert import recorded_aspect_ratio
+
+    # pad (LLaVA-1.5's default here) unless a converted checkpoint recorded its original preprocessing
+    processor = llava_processor(processor_source, recorded_aspect_ratio(processor_source))
     return model.eval(), processor
 
 

@@ -232,7 +232,13 @@ def load_sam(path_or_dir: str, config: SamConfig | None = None) -> SamModel:
             if config is None
             else SamModel.from_pretrained(path_or_dir, config=config)
         )
-    original = extract_sam_weights(_read_state_dict(path_or_dir))
+    return sam_from_meta_state(extract_sam_weights(_read_state_dict(path_or_dir)), config, source=path_or_dir)
+
+
+def sam_from_meta_state(
+    original: Mapping[str, torch.Tensor], config: SamConfig | None = None, *, source: str = "SAM weights"
+) -> SamModel:
+    """A SamModel holding exactly these Meta-layout weights (config inferred for vit_b/l/h); strict."""
     converted = convert_sam_state_dict(original)
     if config is None:
         config = sam_config_for(infer_sam_variant(original))
@@ -248,7 +254,7 @@ def load_sam(path_or_dir: str, config: SamConfig | None = None) -> SamModel:
     )
     if missing or unexpected or wrong_shape:
         raise ValueError(
-            f"{path_or_dir}: SAM weights do not match the SamModel config: missing {missing}, "
+            f"{source}: SAM weights do not match the SamModel config: missing {missing}, "
             f"unexpected {unexpected}, wrong shape {wrong_shape}"
         )
     model.load_state_dict(converted, strict=True, assign=True)
