@@ -9,6 +9,8 @@ chosen option and its `metadata` holds `option_losses` (in the file's option ord
 
 from __future__ import annotations
 
+import dataclasses
+
 from roillava.answer import build_prompt, generate, option_losses, run_questions
 from roillava.roi import RoiConfig, parse_roi_box, stage1_prompt, stage2_prompt
 
@@ -33,6 +35,7 @@ def vstar_answer_file(
     num_chunks: int = 1,
     chunk_idx: int = 0,
     progress: bool = True,
+    model_signature: str | None = None,
 ) -> dict:
     """Likelihood answers for prepared V*Bench questions (rows carry `options`)."""
     if mode not in ("s1", "cos"):
@@ -72,4 +75,12 @@ def vstar_answer_file(
         chunk_idx=chunk_idx,
         progress=progress,
         error_metadata={"option_losses": None, "choice": None},
+        settings={
+            "runner": "vstar",
+            "mode": mode,
+            "model": model_signature,
+            "template": template,
+            "roi": dataclasses.asdict(roi_config) if mode == "cos" else None,
+        },  # fmt: skip
+        needs_image=True,
     )

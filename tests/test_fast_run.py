@@ -66,7 +66,7 @@ def test_batch_writes_llava_answers_and_traces(s2_agent, questions, tmp_path):
     rows = _lines(answers)
     assert [r["question_id"] for r in rows] == [f"q{i}" for i in range(8)] + ["q_missing"]
     for r in rows:
-        assert set(r) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
+        assert set(r) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata", "fingerprint"}
         assert r["metadata"]["trace"]["question_id"] == r["question_id"]
     assert rows[-1]["text"] == "" and "image not found" in rows[-1]["metadata"]["error"]
     assert (
@@ -115,7 +115,10 @@ def test_killed_batch_resumes_with_each_answer_exactly_once(ckpts, s2_agent, que
         f.write('{"question_id": "q7", "text": "cut of')
     with traces_path_for(answers).open("a") as f:
         f.write(json.dumps({"question_id": "q6", "answer": "uncommitted"}) + "\n")
-    summary = answer_question_file(s2_agent, qf, images, answers, batch_size=3)
+    # the same command again: its answers are the same question, image, checkpoints and settings
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
     ids = [r["question_id"] for r in _lines(answers)]
     assert sorted(ids) == sorted([f"q{i}" for i in range(8)] + ["q_missing"]) and len(ids) == len(set(ids))
     assert summary["resumed"] == len(committed) and summary["answered_now"] == 9 - len(committed)
