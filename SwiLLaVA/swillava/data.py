@@ -90,13 +90,15 @@ def load_json_records(path: Path) -> list[dict]:
 
 
 def open_image(path: Path) -> Image.Image:
-    """RGB image; a missing or unreadable file raises an error naming it."""
+    """8-bit RGB image (any PIL mode, EXIF orientation applied: `eval.images`); a missing or unreadable
+    file raises an error naming it."""
+    from eval.images import open_rgb
+
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        return open_rgb(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path}") from None
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise OSError(f"unreadable image {path}: {e}") from None
 
 
