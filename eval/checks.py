@@ -225,3 +225,82 @@ def check_checkpoint(
         if not Path(base).is_absolute() and (p / base).exists():
             base = str(p / base)
         check_checkpoint(base, f"{p}/adapter_config.json base_model_name_or_path")
+
+
+# --- training entry points ------------------------------------------------------------------------------
+BF16_NOTICE = (
+    "notice: this machine cannot train in bf16 (no CUDA GPU with bf16 support): training in fp32 instead "
+    "(BF16=False for the scripts; on a CPU, --use_cpu True keeps bf16)"
+)
+
+
+def bf16_usable(use_cpu: bool = False) -> bool:
+    """bf16 training works here: a CUDA GPU that supports it, or the CPU asked for explicitly."""
+    import torch
+
+    return use_cpu or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def parse_training_args(parser, argv: list[str] | None):
+    """`HfArgumentParser.parse_args_into_dataclasses`, falling back to fp32 with a notice where transformers
+    refuses bf16 ("Your setup doesn't support bf16/gpu")."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as e:
+        if "bf16" not in str(e):
+            raise
+    print(BF16_NOTICE, file=sys.stderr, flush=True)
+    return parser.parse_args_into_dataclasses(args=[*argv, "--bf16", "False"])
+
+
+def scan_records(n: int, check_one, *, what: str, quoted: int = 10, progress: bool = True) -> dict:
+    """Run `check_one(i)` on every record; count the failures and quote the first `quoted` (their
+    messages name file and record). Used by `--dry_run`, which loads no model weights."""
+    from tqdm import tqdm
+
+    bad, first = 0, []
+    for i in tqdm(range(n), desc=f"checking {what}", unit="rec", disable=not progress):
+        try:
+            check_one(i)
+        except (ValueError, OSError, KeyError, IndexError, TypeError) as e:
+            bad += 1
+            if len(first) < quoted:
+                first.append(str(e))
+    return {"records": n, "bad_records": bad, "first_bad": first}
+
+
+def check_record_images(
+    records: list, image_folder: str | Path, data_path: str | Path, *, quoted: int = 5, strict: bool = True
+) -> int:
+    """Every record is an object with `conversations`, and every image it names exists: a cheap pass over
+    the whole file at the start of training (a bad record would otherwise surface only when sampled)."""
+    folder = Path(image_folder)
+    problems, n_bad = [], 0
+    for i, rec in enumerate(records):
+        problem = None
+        if not isinstance(rec, dict) or not isinstance(rec.get("conversations"), list):
+            problem = "no 'conversations' list"
+        else:
+            images = rec.get("image")
+            for name in images if isinstance(images, list) else [images] if images else []:
+                if not isinstance(name, str) or not (folder / name).is_file():
+                    problem = f"image {name!r} not found under {folder}"
+                    break
+        if problem:
+            n_bad += 1
+            if len(problems) < quoted:
+                problems.append(f"record {i}: {problem}")
+    if n_bad:
+        listed = f"{'; '.join(problems)}{'; …' if n_bad > quoted else ''}"
+        if strict:
+            raise InputError(
+                f"{data_path}: {n_bad} of {len(records)} records are bad ({listed}); fix them, "
+                "or pass --skip_bad_records True to train without them"
+            )
+        print(
+            f"notice: {data_path}: {n_bad} of {len(records)} records are bad and will be skipped ({listed})"
+        )
+    return n_bad
