@@ -304,3 +304,30 @@ def check_record_images(
             f"notice: {data_path}: {n_bad} of {len(records)} records are bad and will be skipped ({listed})"
         )
     return n_bad
+
+
+# --- paths inside checkpoints ---------------------------------------------------------------------------
+def relative_to_checkpoint(directory: str | Path, path: str) -> str:
+    """How a checkpoint config records a local path: relative to the checkpoint directory, so the
+    checkpoint and what it names can move together. Hub ids, relative paths (already relative to the
+    checkpoint) and empty values stay as they are."""
+    if not path or not os.path.isabs(path) or not Path(path).exists():
+        return path
+    return os.path.relpath(Path(path).resolve(), Path(directory).resolve())
+
+
+def resolve_in_checkpoint(directory: str | Path, path: str, what: str) -> str:
+    """A path a checkpoint config names, resolved against the checkpoint directory; a missing local path
+    is an error naming the config, the field and where it was looked for (a hub id stays as it is)."""
+    if not path:
+        return path
+    candidate = Path(path) if os.path.isabs(path) else Path(directory) / path
+    if candidate.exists():
+        return str(candidate)
+    if not os.path.isabs(path) and looks_like_hub_id(path):
+        return path
+    raise InputError(
+        f"{Path(directory) / what.split(':')[0]} names {what.split(':')[-1]} {path!r}, which does not exist "
+        f"(looked for {candidate}): was the checkpoint moved without it? Move it back beside the checkpoint, "
+        "or pass its new location (e.g. --sam, --model-base)"
+    )

@@ -12,6 +12,7 @@ answers' metadata).
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -177,10 +178,17 @@ def _run(
     }
 
 
-def save_overlay(image, trace: Trace, overlay_dir: str | Path) -> Path:
+def file_stem(text: str, limit: int = 80) -> str:
+    """A file-name-safe stem for a question id or text."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
+    return stem[:limit] or "question"
+
+
+def save_overlay(image, trace: Trace, overlay_dir: str | Path, name: str | None = None) -> Path:
+    """`<overlay_dir>/<name or question id>.png`: the overlay with its legend."""
     d = Path(overlay_dir)
     d.mkdir(parents=True, exist_ok=True)
-    path = d / (str(trace.question_id).replace("/", "_") + ".png")
+    path = d / (file_stem(name or trace.question_id) + ".png")
     draw_overlay(image, trace).save(path)
     return path
 

@@ -78,7 +78,12 @@ class SwiConfig:
     weights: str = "full"
 
     def save(self, directory: str | Path) -> None:
-        (Path(directory) / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=1))
+        """A local base is written relative to the checkpoint, so it can move together with it."""
+        from eval.checks import relative_to_checkpoint
+
+        data = asdict(self)
+        data["base_model"] = relative_to_checkpoint(directory, data["base_model"])
+        (Path(directory) / CONFIG_FILE).write_text(json.dumps(data, indent=1))
 
     @classmethod
     def load(cls, directory: str | Path) -> SwiConfig:
@@ -480,7 +485,12 @@ def load_switch(
     """A SwiLLaVA checkpoint ready for inference (LoRA merged), and its processor (padding on)."""
     path = Path(path)
     config = SwiConfig.load(path)
-    base = model_base or config.base_model
+    if model_base:
+        base = model_base
+    else:
+        from eval.checks import resolve_in_checkpoint
+
+        base = resolve_in_checkpoint(path, config.base_model, f"{CONFIG_FILE}:base_model")
     weights_dir = path if config.weights == "full" else base
     llava = LlavaForConditionalGeneration.from_pretrained(weights_dir, dtype=dtype)
     has_processor = (path / "processor_config.json").is_file() or (path / "tokenizer_config.json").is_file()
