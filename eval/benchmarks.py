@@ -1,7 +1,7 @@
 """The benchmark registry: where each benchmark's files live, how its questions are asked, how it is scored.
 
 Every benchmark keeps LLaVA-1.5's data layout under `playground/data/eval/<folder>/` and file names
-(`../shared/reference/upstream-spec.md` §5). A `Benchmark` says where its question file and images
+(haotian-liu/LLaVA, `docs/Evaluation.md` and `scripts/v1_5/eval/`). A `Benchmark` says where its question file and images
 are, which prompt suffix its protocol asks for, and two functions:
 
 * `prepare(bench, paths)` reads the benchmark's own question file and returns LLaVA question rows

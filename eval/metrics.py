@@ -1,6 +1,6 @@
 """Benchmark metrics that reproduce the reference evaluators LLaVA-1.5 numbers are reported with.
 
-Every function here follows the definitions in ``shared/reference/metrics.md``, including the quirks of the
+Every function here follows the reference evaluators (eval/README.md names each one), including the quirks of the
 reference code (e.g. the VQA period regex, the POPE case-sensitive parser), because a "cleaner" metric would
 not be comparable with published numbers. The VQA normalisation tables are loaded from
 ``vqa_normalization.json`` next to this file (a byte-for-byte copy of the reference tables).

@@ -205,7 +205,7 @@ def sibling_env() -> dict[str, str]:
 
 
 def fast_command(cfg: RunConfig, bench: Benchmark, paths: BenchPaths, out: Path) -> list[str]:
-    """The composed agent's CLI (`python -m fast`, issue 6) for this chunk."""
+    """The composed agent's CLI (`python -m fast`) for this chunk."""
     if bench.likelihood:
         what = ["--vstar", "--bench-folder", str(paths.bench_dir)]
     else:

@@ -29,7 +29,7 @@ CKPT = DEMO / "checkpoints"
 SYSTEM1_PRETRAIN = {"MAX_STEPS": "100", "BATCH": "16", "LR": "2e-3"}
 SYSTEM1_FINETUNE = {"MAX_STEPS": "900", "BATCH": "16", "LR": "1e-3"}
 # Adapter sizes: the agent holds every adapter on one base and must stay within 1.1x "one LLaVA + SAM"
-# (issue 6). LoRA r8 on the 256-wide toy LM is the real recipe's r128 on 4096 in proportion; both
+# (the agent's memory target). LoRA r8 on the 256-wide toy LM is the real recipe's r128 on 4096 in proportion; both
 # adapters keep the base's MLP projector (--freeze_mm_mlp_adapter) instead of carrying a copy.
 # Pointing, like naming for the switch, comes with updates: 1000 steps of 4 cover 91% of the small
 # targets, 440 (the old recipe) 73-83%, a tenth of the boxes inverted. Without LoRA dropout
@@ -254,7 +254,7 @@ def stage_switch_eval() -> dict:
     )
 
 
-# --- the FaST agent on the toy V*-style set (issue 6) ----------------------------------------------------
+# --- the FaST agent on the toy V*-style set ----------------------------------------------------------
 VSTAR_TOY = PLAYGROUND / "data" / "eval" / "vstar_toy"
 AGENT_DIR = DEMO / "agent"
 # name: (mode, evidence). The last two are the evidence ablation; "fast" is its roi+seg entry.
@@ -292,7 +292,7 @@ def agent_config(mode: str = "fast", evidence: str = "roi+seg"):
 
 
 def vstar_toy_is_hard(bbox: list[float]) -> bool:
-    """Hard iff the target is small: the toy world draws small targets 12-24 px wide, large ones 64-128."""
+    """Hard iff the target is small: the toy world draws small targets 20-30 px wide, large ones 64-128 (SMALL_SIDE, LARGE_SIDE)."""
     from playground.toyworld.scene import LARGE_SIDE, SMALL_SIDE
 
     return max(bbox[2], bbox[3]) < (SMALL_SIDE[1] + LARGE_SIDE[0]) / 2
@@ -362,7 +362,7 @@ def stage_agent_eval() -> dict:
 
 
 def agent_acceptance(result: dict) -> dict[str, bool]:
-    """Issue 6's acceptance, measured on the toy V*-style set."""
+    """The agent's acceptance targets, measured on the toy V*-style set."""
     s1, s2, fast, mem = result["system1"], result["system2_always"], result["fast"], result["memory"]
     return {
         "fast acc >= System-2-always acc - 1 pt": fast["acc_all"] >= s2["acc_all"] - 0.01,
@@ -473,7 +473,7 @@ def agent_results(result: dict) -> dict:
     return {k: result[k] for k in ("system1", "system2_always", "fast", "memory")}
 
 
-# --- the segmentation adapter (issue 5) ------------------------------------------------------------------
+# --- the segmentation adapter ------------------------------------------------------------------------
 TINY_SAM = PLAYGROUND / "tiny_sam"  # the pretrained toy SAM (committed, as a real SAM is downloaded)
 # ReasonSeg-style data only: in a trial at this budget, mixing in the toy ADE20K classes ("background",
 # "clutter", …) at 3:1 gave gIoU 0.65 (0.61 from generated answers) against 0.75 (0.74) without them.

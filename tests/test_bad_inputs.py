@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -313,3 +314,31 @@ def test_bad_model_source_fails_at_once(monkeypatch, tmp_path, source, message):
 def test_placeholder_file_is_named(tmp_path):
     with pytest.raises(InputError, match="--vision_pretrained is still the placeholder"):
         check_file("PATH/sam_vit_h_4b8939.pth", "--vision_pretrained")
+
+
+# --- the repository cites nothing outside itself ----------------------------------------------------------
+OUTSIDE_REFERENCES = re.compile(r"\.\./shared|shared/reference|upstream-spec|§|\bissue #?\d+", re.IGNORECASE)
+
+
+def test_repository_cites_nothing_outside_itself():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    found = []
+    for name in tracked:
+        if (
+            Path(name).suffix not in {".py", ".md", ".sh", ".txt", ".toml", ".json"}
+            and Path(name).name != "Makefile"
+        ):
+            continue
+        if name == "tests/test_bad_inputs.py":
+            continue
+        text = (ROOT / name).read_text(errors="replace")
+        found += [f"{name}: {m.group(0)}" for m in OUTSIDE_REFERENCES.finditer(text)]
+    assert not found, found
+
+
+def test_toy_target_sizes_are_stated_as_drawn():
+    from playground import demo
+    from playground.toyworld.scene import LARGE_SIDE, SMALL_SIDE
+
+    doc = demo.vstar_toy_is_hard.__doc__
+    assert f"{SMALL_SIDE[0]}-{SMALL_SIDE[1]} px" in doc and f"{LARGE_SIDE[0]}-{LARGE_SIDE[1]}" in doc

@@ -1,4 +1,4 @@
-"""Golden tests for eval.metrics, hand-computed from shared/reference/metrics.md.
+"""Golden tests for eval.metrics, hand-computed from the reference evaluators' definitions (eval/README.md).
 
 Each expected value carries a comment with the hand computation. VQA leave-one-out scores with 10 answers of
 which k equal the (normalised) prediction: the k subsets that drop a matching answer see k-1 matches, the

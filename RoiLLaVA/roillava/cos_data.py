@@ -21,7 +21,7 @@ the trainer at each epoch start (`set_epoch`). Chain-of-Spot draws k unseeded on
 gives a fresh draw per epoch and the same draws on a rerun or a resume, whatever the loader
 workers do.
 
-Fallbacks (§3.2 semantics, counted): a record with an image but no ROI key for the chosen question
+Fallbacks: a record with an image but no ROI key for the chosen question
 is trained with the full image as crop and the answer `[0.0, 0.0, 1.0, 1.0]`; a text-only record
 has nothing to look at and is trained as the plain LLaVA conversation. `summary()` reports both,
 counted over the whole file at construction (exact) and as served by this process. A malformed

@@ -51,13 +51,13 @@ def strip_image_placeholders(text: str) -> str:
 
 
 def roi_question(question: str, wording: str = DEFAULT_ROI_WORDING) -> str:
-    """Stage-1 user turn (global image first), §3.2 turn 1 / §3.4 step 1."""
+    """Stage-1 user turn (global image first)."""
     check_wording(wording)
     return f'{IMAGE_PLACEHOLDER}\nTo answer the question: "{question}", {wording} is the region of interest in the image?'
 
 
 def roi_answer_prompt(question: str) -> str:
-    """Stage-2 user turn: the crop is the second `<image>`, §3.2 turn 3 / §3.4 step 3."""
+    """Stage-2 user turn: the crop is the second `<image>`."""
     return f'The region of interest in the image is {IMAGE_PLACEHOLDER}\n. Answer the question: "{question}"'
 
 
@@ -160,7 +160,7 @@ def stage1_prompt(question: str, image, *, processor, model_config, config: RoiC
 def stage2_prompt(
     question: str, image, roi_text: str, roi: RoiParse, *, processor, model_config, config: RoiConfig
 ) -> Prompt:
-    """Stage 1 replayed with its answer verbatim, then the question about the crop (§3.4 step 3).
+    """Stage 1 replayed with its answer verbatim, then the question about the crop.
 
     A stray `<image>` in the generated text is removed, or it would claim a third image.
     """

@@ -1,7 +1,7 @@
 """SegLLaVA: a llava-hf `LlavaForConditionalGeneration`, a transformers `SamModel` and LISA's `[SEG]` head, composed.
 
 The language model answers with `[SEG]` tokens; the last-layer hidden state that predicts each `[SEG]`
-(LISA's choice, upstream-spec §4.1) goes through `text_hidden_fcs` (H -> H -> SAM prompt width) into SAM's
+(LISA's choice) goes through `text_hidden_fcs` (H -> H -> SAM prompt width) into SAM's
 mask decoder as a sparse prompt, next to the dense `no_mask_embed`; the decoder's first mask, post-processed
 to the original image size, is the answer. `[SEG]` positions are read from the token ids of the expanded
 sequence (llava-hf puts one image token per feature row), so any number of images and `[SEG]` tokens per row,

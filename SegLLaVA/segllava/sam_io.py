@@ -1,4 +1,4 @@
-"""SAM's image preprocessing and mask post-processing, as LISA does them (upstream-spec §4.1, §4.3).
+"""SAM's image preprocessing and mask post-processing, as LISA does them.
 
 Preprocessing: RGB uint8 -> longest side = SAM's input size (1024 for Meta's SAM; the SamConfig's
 ``vision_config.image_size`` in general), PIL bilinear with ``int(x + 0.5)`` rounding -> normalise with

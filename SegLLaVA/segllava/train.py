@@ -4,7 +4,7 @@
         --vision_pretrained=<SAM dir or sam_vit_h_4b8939.pth> --dataset="sem_seg||refer_seg" --sample_rates="3,1" \
         --exp_name=<name>
 
-LISA's flags and defaults are kept (upstream-spec §4.4): LoRA r8/α16 on q_proj,v_proj; `lm_head`,
+LISA's flags and defaults are kept: LoRA r8/α16 on q_proj,v_proj; `lm_head`,
 `embed_tokens`, SAM's mask decoder and `text_hidden_fcs` train fully; lr 3e-4 with AdamW β (0.9, 0.95),
 100 warm-up steps then linear decay over `epochs × steps_per_epoch`; batch 2 × 10 accumulation; loss
 CE + 2·BCE + 0.5·Dice. The run lives in `<log_base_dir>/<exp_name>` (TensorBoard events, `checkpoint-*`,

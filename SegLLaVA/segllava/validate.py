@@ -1,4 +1,4 @@
-"""gIoU / cIoU on a validation split, as LISA computes them (`eval/metrics.py`, upstream-spec §4.5).
+"""gIoU / cIoU on a validation split, as LISA computes them (`eval/metrics.py`).
 
 Two modes: "teacher" feeds LISA's validation answer `"[SEG]."` (LISA's only mode); "generate" decodes the
 answer greedily and uses the first `[SEG]` it emits (none: an empty mask). A prediction is the mask logit

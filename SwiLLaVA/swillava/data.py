@@ -2,7 +2,7 @@
 
 `--data_path` is a SEAL data folder, or one JSON file (e.g. captions for projector alignment). In a
 folder holding SEAL's files (`craigwu/seal_vqa_data`) they are read in SEAL's order, the spatial file
-twice (§2.2); any other folder is read as every `*.json` in sorted name order.
+twice; any other folder is read as every `*.json` in sorted name order.
 
 A record is LLaVA's `{"image", "conversations"}` plus, optionally, `"target_instances":
 [{"name", "bbox": [x, y, w, h]}]` and `"search"`. The objects are used (cropped and shown) when the

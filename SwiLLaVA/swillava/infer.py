@@ -139,7 +139,7 @@ class SwitchAdapter:
 
     # --- prompts ------------------------------------------------------------------------------------
     def build_prompt(self, image: Image.Image, question: str, objects: Evidence = ()) -> Prompt:
-        """`"<image>\\n" + question`, with SEAL's evidence prefix and crops when objects are given (§2.5)."""
+        """`"<image>\\n" + question`, with SEAL's evidence prefix and crops when objects are given."""
         if OBJECT_PLACEHOLDER in question:
             raise ValueError(f"the question contains {OBJECT_PLACEHOLDER}; pass objects as (name, box) pairs")
         from eval.images import to_rgb
@@ -241,14 +241,14 @@ class SwitchAdapter:
         return [SwitchDecision(t, parse_missing_objects(t)) for t in texts]
 
     def decide(self, image: Image.Image, question: str) -> SwitchDecision:
-        """The switch probe (§2.5 step 1-2): the long image alone; greedy."""
+        """The switch probe: the long image alone; greedy."""
         return self.decide_batch([(image, question)])[0]
 
     def answer_with_evidence_batch(self, items: Sequence[tuple[Image.Image, str, Evidence]]) -> list[str]:
         return self.generate([self.build_prompt(image, q, objs) for image, q, objs in items])
 
     def answer_with_evidence(self, image: Image.Image, question: str, objects: Evidence) -> str:
-        """Answer with SEAL's evidence prompt: crops (1.2x context) and locations of `objects` (§2.5 step 4)."""
+        """Answer with SEAL's evidence prompt: crops (1.2x context) and locations of `objects`."""
         return self.answer_with_evidence_batch([(image, question, objects)])[0]
 
     # --- likelihood multiple choice -----------------------------------------------------------------
@@ -263,7 +263,7 @@ class SwitchAdapter:
     def option_losses(
         self, image: Image.Image, question: str, options: Sequence[str], objects: Evidence = ()
     ) -> list[float]:
-        """Mean CE of each option's tokens after the prompt (§2.5 step 5); the lowest is the choice.
+        """Mean CE of each option's tokens after the prompt; the lowest is the choice.
 
         The prompt runs once; its KV cache is repeated over the options, which run as one batch.
         """
@@ -375,7 +375,7 @@ def toy_switch_metrics(
     *,
     batch_size: int = 16,
 ) -> dict:
-    """The toy world's switch metrics (issue 3): F1 of "needs System 2" (truth: hard questions), exact
+    """The toy world's switch metrics: F1 of "needs System 2" (truth: hard questions), exact
     object names on System-2 decisions, hard accuracy with the true target as evidence, easy accuracy direct.
     """
     from eval.toy import normalize_short_answer

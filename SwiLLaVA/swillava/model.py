@@ -52,7 +52,7 @@ def lora_targets(modules: tuple[str, ...] = LORA_MODULES) -> str:
 
 @dataclass
 class ObjectProjectorConfig:
-    """Perceiver sizes; the defaults are SEAL's (§2.1), so its checkpoints load."""
+    """Perceiver sizes; the defaults are SEAL's, so its checkpoints load."""
 
     depth: int = 6
     heads: int = 16

@@ -15,7 +15,7 @@ from PIL import Image
 
 from .conversation import IMAGE_PLACEHOLDER, OBJECT_PLACEHOLDER
 
-# SEAL's protocol literals (upstream-spec §2.5): the switch's "System 2 needed" sentence and the
+# SEAL's protocol literals: the switch's "System 2 needed" sentence and the
 # prefix of the evidence prompt.
 MISSING_OBJECTS_PREFIX = (
     "Sorry, I can not answer the question. "
@@ -116,7 +116,7 @@ def expand_objects(
 
 
 def evidence_question(question: str, n_objects: int) -> str:
-    """SEAL's evidence prompt with bare placeholders, expanded later by `expand_objects` (§2.5 step 4)."""
+    """SEAL's evidence prompt with bare placeholders, expanded later by `expand_objects`."""
     if n_objects == 0:
         return question
     return EVIDENCE_PREFIX + "; ".join([OBJECT_PLACEHOLDER] * n_objects) + ".\n" + question
@@ -125,8 +125,8 @@ def evidence_question(question: str, n_objects: int) -> str:
 def feature_layout(n_objects: int, rule: str) -> tuple[bool, list[bool]]:
     """(image uses long rows, per-object long rows) for `n_objects` objects.
 
-    "train" is SEAL's training rule (§2.2): one object -> short image, long object; otherwise long image
-    and short objects. "infer" is SEAL's evidence rule (§2.5): with objects the image is short, and
+    "train" is SEAL's training rule: one object -> short image, long object; otherwise long image
+    and short objects. "infer" is SEAL's evidence rule: with objects the image is short, and
     objects are long when there are at most two. Both give a long image when there are no objects.
     """
     if rule == "train":
