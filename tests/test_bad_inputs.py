@@ -342,3 +342,288 @@ def test_toy_target_sizes_are_stated_as_drawn():
 
     doc = demo.vstar_toy_is_hard.__doc__
     assert f"{SMALL_SIDE[0]}-{SMALL_SIDE[1]} px" in doc and f"{LARGE_SIDE[0]}-{LARGE_SIDE[1]}" in doc
+
+
+# --- entry points: every input checked before a model loads, one line, in seconds -------------------------
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("", "RoiLLaVA", "SwiLLaVA", "SegLLaVA")),
+    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+}
+
+
+def _run(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: int = 120):
+    start = time.monotonic()
+    proc = subprocess.run(
+        args, cwd=cwd, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
+    return proc, time.monotonic() - start
+
+
+def _last_line(proc) -> str:
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    """A question file, images and a complete-looking checkpoint directory (no model is ever loaded)."""
+    root = tmp_path_factory.mktemp("world")
+    (root / "images").mkdir()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(root / "images" / "a.png")
+    _write_jsonl(root / "q.jsonl", [GOOD, {"question_id": 2, "image": "a.png", "text": "shape?"}])
+    ckpt = _llava_dir(root / "ckpt")
+    data = root / "data.json"
+    data.write_text(
+        json.dumps(
+            [
+                {
+                    "image": "a.png",
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nq"},
+                        {"from": "gpt", "value": "a"},
+                    ],
+                }
+            ]
+        )
+    )
+    return root, ckpt
+
+
+def _answer_cmd(module: str, root: Path, model: Path | str, question_file: Path, answers: Path) -> list[str]:
+    return [
+        sys.executable, "-m", module, "--model-path", str(model), "--question-file", str(question_file),
+        "--image-folder", str(root / "images"), "--answers-file", str(answers), "--device", "cpu",
+    ]  # fmt: skip
+
+
+def _bad_cases(root: Path, ckpt: Path) -> list[tuple[str, dict, str]]:
+    dup = _write_jsonl(root / "dup.jsonl", [GOOD, GOOD])
+    no_cfg = root / "no_cfg"
+    if not no_cfg.exists():
+        _llava_dir(no_cfg)
+        (no_cfg / "config.json").unlink()
+    return [
+        ("duplicate id", {"question_file": dup}, f"{dup}:2: duplicate question_id 1"),
+        ("no config.json", {"model": no_cfg}, f"{no_cfg} holds no config.json"),
+        (
+            "hub id offline",
+            {"model": "llava-hf/not-here"},
+            "is a hub id, not in the local cache, and HF_HUB_OFFLINE",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("module", ["roillava.answer", "roillava.roi_answer"])
+@pytest.mark.parametrize("case", [0, 1, 2], ids=["duplicate id", "no config.json", "hub id offline"])
+def test_answerers_fail_in_seconds_with_one_line(small_world, tmp_path, module, case):
+    root, ckpt = small_world
+    name, override, message = _bad_cases(root, ckpt)[case]
+    qf = override.get("question_file", root / "q.jsonl")
+    model = override.get("model", ckpt)
+    proc, seconds = _run(
+        _answer_cmd(module, root, model, qf, tmp_path / "a.jsonl"),
+        env={"HF_HUB_CACHE": str(tmp_path / "hub")},
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in _last_line(proc) and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert seconds < 10
+
+
+def test_answerer_refuses_a_busy_answers_file(small_world, tmp_path):
+    root, ckpt = small_world
+    answers = tmp_path / "a.jsonl"
+    with AnswersFile(answers, {}):
+        proc, seconds = _run(_answer_cmd("roillava.answer", root, ckpt, root / "q.jsonl", answers))
+    assert (
+        proc.returncode == 2
+        and f"{answers} is being written by another run (pid {os.getpid()})" in _last_line(proc)
+    )
+    assert seconds < 10
+
+
+def test_fast_cli_unreadable_image_is_one_line(small_world, tmp_path):
+    root, ckpt = small_world
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    proc, seconds = _run(
+        [
+            sys.executable,
+            "-m",
+            "fast",
+            "--image",
+            str(bad),
+            "--question",
+            "what?",
+            "--base",
+            str(ckpt),
+            "--switch",
+            str(ckpt),
+        ]
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert _last_line(proc).startswith(f"error: --image: unreadable image {bad}") and seconds < 10
+
+
+def test_fast_cli_bad_question_file_is_one_line(small_world, tmp_path):
+    root, ckpt = small_world
+    qf = tmp_path / "q.jsonl"
+    qf.write_bytes(b'{"question_id": 1, "text": "\xff"}\n')
+    proc, _ = _run(
+        [sys.executable, "-m", "fast", "--question-file", str(qf), "--image-folder", str(root / "images"),
+         "--answers-file", str(tmp_path / "a.jsonl"), "--base", str(ckpt), "--switch", str(ckpt)]
+    )  # fmt: skip
+    assert proc.returncode == 2 and f"{qf}:1: not UTF-8" in _last_line(proc), proc.stderr[-2000:]
+
+
+TRAINING_CASES = [
+    # (name, script, cwd, env / args, message)
+    (
+        "roi missing data",
+        "roi",
+        {"DATA_PATH": "{root}/none.json"},
+        "--data_path: {root}/none.json does not exist",
+    ),
+    ("roi no config", "roi", {"MODEL": "{root}/no_cfg"}, "{root}/no_cfg holds no config.json"),
+    ("roi hub offline", "roi", {"MODEL": "llava-hf/not-here"}, "is a hub id, not in the local cache"),
+    (
+        "roi missing image",
+        "roi",
+        {"DATA_PATH": "{root}/missing_image.json"},
+        "1 of 1 records are bad (record 0: image 'gone.png' not found",
+    ),
+    (
+        "switch missing images",
+        "switch",
+        {"IMAGE_FOLDER": "{root}/nope"},
+        "--image_folder: {root}/nope does not exist",
+    ),
+    ("switch no config", "switch", {"MODEL": "{root}/no_cfg"}, "{root}/no_cfg holds no config.json"),
+    (
+        "seg placeholder SAM",
+        "seg",
+        ["--vision_pretrained=PATH/sam_vit_h_4b8939.pth"],
+        "still the placeholder 'PATH/sam_vit_h_4b8939.pth'",
+    ),
+    (
+        "seg dataset dir",
+        "seg",
+        ["--dataset_dir=./dataset"],
+        "--dataset_dir: dataset does not exist; from SegLLaVA/ the repository's is ../dataset",
+    ),
+]
+
+
+@pytest.mark.parametrize("name,script,override,message", TRAINING_CASES, ids=[c[0] for c in TRAINING_CASES])
+def test_training_scripts_check_inputs_before_loading(small_world, tmp_path, name, script, override, message):
+    """The design card's commands, on a machine without a GPU (bf16 falls back with a notice) and a bad input."""
+    root, ckpt = small_world
+    _bad_cases(root, ckpt)  # makes no_cfg
+    (root / "missing_image.json").write_text(
+        json.dumps(
+            [
+                {
+                    "image": "gone.png",
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nq"},
+                        {"from": "gpt", "value": "a"},
+                    ],
+                }
+            ]
+        )
+    )
+    fill = {"root": str(root)}
+    env = {"MODEL": str(ckpt), "DATA_PATH": str(root / "data.json"), "IMAGE_FOLDER": str(root / "images"),
+           "OUTPUT_DIR": str(tmp_path / "out"), "LAUNCHER": "python", "DS_CONFIG": "", "HF_HUB_CACHE": str(tmp_path / "hub")}  # fmt: skip
+    env.pop("BF16", None)
+    if isinstance(override, dict):
+        env.update({k: v.format(**fill) for k, v in override.items()})
+    if script == "roi":
+        cmd, cwd = ["bash", "./scripts/v1_5/finetune_lora.sh"], ROOT / "RoiLLaVA"
+        env["ROI_DATA"] = str(root / "data.json")
+    elif script == "switch":
+        cmd, cwd = ["sh", "pretrain.sh"], ROOT / "SwiLLaVA"
+    else:
+        args = [
+            f"--version={ckpt}",
+            "--dataset_dir=../dataset",
+            f"--vision_pretrained={ckpt}",
+            "--deepspeed=",
+        ]
+        cmd, cwd = [sys.executable, "train_ds.py", *args, *override], ROOT / "SegLLaVA"
+    base_env = {k: v for k, v in ENV.items() if k != "BF16"}
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=cwd, env={**base_env, **env}, capture_output=True, text=True, timeout=120)
+    seconds = time.monotonic() - start
+    assert proc.returncode != 0
+    assert message.format(**fill) in _last_line(proc), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and seconds < 20, (seconds, proc.stderr[-3000:])
+    if script != "seg" and not (__import__("torch").cuda.is_available()):
+        assert "notice: no CUDA GPU with bf16 here: training in fp32 (BF16=False)" in proc.stderr
+
+
+def test_bf16_refusal_falls_back_to_fp32_with_a_notice(capsys):
+    from transformers import HfArgumentParser
+
+    from eval.checks import parse_training_args
+    from roillava.train import TrainingArguments
+
+    if __import__("torch").cuda.is_available():
+        pytest.skip("bf16 works here")
+    (args,) = parse_training_args(
+        HfArgumentParser(TrainingArguments), ["--output_dir", "/tmp/x", "--bf16", "True"]
+    )
+    assert args.bf16 is False and "training in fp32 instead" in capsys.readouterr().err
+
+
+# --- noise and dependencies ------------------------------------------------------------------------------
+def test_bitsandbytes_cpu_kernel_warning_is_quiet_by_default():
+    code = "import roillava, bitsandbytes"
+    quiet, _ = _run([sys.executable, "-c", code], env={"FAST_VERBOSE": ""})
+    loud, _ = _run([sys.executable, "-c", code], env={"FAST_VERBOSE": "1"})
+    assert quiet.returncode == 0 and loud.returncode == 0
+    assert "gemm_4bit_forward" not in quiet.stderr
+    if "gemm_4bit_forward" not in loud.stderr:
+        pytest.skip("this CPU's bitsandbytes path has nothing to warn about")
+
+
+def _pins(name: str) -> dict[str, str]:
+    out = {}
+    for line in (ROOT / name).read_text().splitlines():
+        if line.strip() and not line.startswith(("#", "-r")):
+            pkg, version = line.split("==")
+            out[pkg.strip()] = version.strip()
+    return out
+
+
+# Pinned but not imported by name: who uses each.
+USED_INDIRECTLY = {
+    "tokenizers": "transformers' fast tokenizers (pinned to the version transformers was tested with)",
+    "accelerate": "the HF Trainer",
+    "sentencepiece": "LLaMA's slow tokenizer (tokenizer.model) when a checkpoint ships no tokenizer.json",
+    "tensorboard": "SegLLaVA's training logs (report_to tensorboard)",
+}
+MODULE_OF = {"opencv-python-headless": "cv2", "pillow": "PIL"}
+
+
+def test_requirements_split_and_every_pin_used():
+    run, dev = _pins("requirements.txt"), _pins("requirements-dev.txt")
+    assert "pytest" not in run and "ruff" not in run and {"pytest", "ruff"} <= set(dev)
+    assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text()
+    assert "requirements-dev.txt" in (ROOT / "Makefile").read_text()
+    code = "\n".join(
+        (ROOT / f).read_text()
+        for f in subprocess.run(
+            ["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.split()
+        if (ROOT / f).is_file()
+    )
+    unused = [
+        pkg
+        for pkg in run
+        if pkg not in USED_INDIRECTLY
+        and not re.search(rf"^\s*(import|from) {MODULE_OF.get(pkg, pkg)}\b", code, re.MULTILINE)
+    ]
+    assert not unused, unused

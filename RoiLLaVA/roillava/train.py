@@ -239,6 +239,9 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
     remove_shm_buffer_at_exit()
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parse_training_args(parser, argv)
+    from eval.logs import quiet_third_party
+
+    quiet_third_party()  # DeepSpeed, imported by now, resets its logger's level on import
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     check_train_inputs(model_args, data_args)
     processor = load_processor(model_args, data_args)

@@ -430,6 +430,9 @@ def train(argv: list[str] | None = None) -> None:
     modes = ("teacher", "generate") if args.eval_mode == "both" else (args.eval_mode,)
     sources, items = read_data(args)
     hf_args = training_arguments(args)  # first: it sets up the distributed environment DeepSpeed needs
+    from eval.logs import quiet_third_party
+
+    quiet_third_party()  # DeepSpeed, imported by now, resets its logger's level on import
     seg, processor, new_ids = build_model(args)
     set_trainable(seg, args, new_ids)
     n_train = sum(p.numel() for p in seg.parameters() if p.requires_grad)
