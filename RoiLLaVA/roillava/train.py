@@ -217,7 +217,10 @@ def check_train_inputs(model_args: ModelArguments, data_args: DataArguments) -> 
             check_checkpoint(model_args.pretrain_mm_mlp_adapter, "--pretrain_mm_mlp_adapter")
         records = load_json_records(data_args.data_path)
         check_record_images(
-            records, data_args.image_folder, data_args.data_path, strict=not data_args.skip_bad_records
+            records,
+            data_args.image_folder,
+            data_args.data_path,
+            strict=not (data_args.skip_bad_records or data_args.dry_run),
         )
     except (InputError, ValueError, FileNotFoundError) as e:
         raise fail(e) from None

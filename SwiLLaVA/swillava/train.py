@@ -229,7 +229,10 @@ def check_train_inputs(model_args: ModelArguments, data_args: DataArguments) -> 
                 check_checkpoint(getattr(model_args, flag), f"--{flag}")
         for f in files:
             check_record_images(
-                load_json_records(f), data_args.image_folder, f, strict=not data_args.skip_bad_records
+                load_json_records(f),
+                data_args.image_folder,
+                f,
+                strict=not (data_args.skip_bad_records or data_args.dry_run),
             )
     except (InputError, ValueError, FileNotFoundError) as e:
         raise fail(e) from None
