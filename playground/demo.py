@@ -96,14 +96,13 @@ def run_stage(name: str, fn: Callable[[], dict | None], timings: dict) -> dict |
     return result
 
 
-def sh(script: str, cwd: Path, env: dict[str, str], log: Path) -> None:
-    """Run one of the project's shell scripts as a user would; its output goes to the console and `log`."""
+def tee(cmd: list[str], cwd: Path, log: Path, what: str, env: dict[str, str] | None = None) -> None:
+    """Run `cmd`, its output streamed to the console (progress bars included) and to `log`; a failure
+    exits quoting the log's last lines."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **TOY_ENV, **env, "PYTHONUNBUFFERED": "1"}
+    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as f:
-        proc = subprocess.Popen(
-            ["bash", script], cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         for chunk in iter(lambda: proc.stdout.read1(4096), b""):
             f.write(chunk)
             sys.stdout.buffer.write(chunk)
@@ -111,7 +110,12 @@ def sh(script: str, cwd: Path, env: dict[str, str], log: Path) -> None:
         proc.wait()
     if proc.returncode:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
-        raise SystemExit(f"[demo] {script} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+        raise SystemExit(f"[demo] {what} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+
+
+def sh(script: str, cwd: Path, env: dict[str, str], log: Path) -> None:
+    """Run one of the project's shell scripts as a user would; its output goes to the console and `log`."""
+    tee(["bash", script], cwd, log, script, {**TOY_ENV, **env})
 
 
 def py(args: list[str], log: Path | None = None) -> None:
@@ -119,10 +123,7 @@ def py(args: list[str], log: Path | None = None) -> None:
     if log is None:
         subprocess.run(cmd, cwd=ROOT, check=True)
         return
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as f:
-        if subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode:
-            raise SystemExit(f"[demo] {' '.join(args[:1])} failed; see {log}")
+    tee(cmd, ROOT, log, args[0])
 
 
 def stage_world() -> dict:
@@ -508,13 +509,7 @@ def stage_seg_train() -> None:
         f"--version={CKPT / 'system1'}", f"--dataset_dir={ROOT / 'dataset'}", f"--vision_pretrained={TINY_SAM}",
         f"--log_base_dir={CKPT}", "--exp_name=seg", *SEG_TRAIN,
     ]  # fmt: skip
-    log = DEMO / "logs" / "seg_train.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as f:
-        proc = subprocess.run(cmd, cwd=ROOT / "SegLLaVA", stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
-        raise SystemExit(f"[demo] seg training failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+    tee(cmd, ROOT / "SegLLaVA", DEMO / "logs" / "seg_train.log", "seg training")
 
 
 def stage_seg_eval() -> dict:

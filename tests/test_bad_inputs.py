@@ -715,3 +715,88 @@ def test_peft_loraplus_groups_differ_from_ours(tiny_base, tmp_path):
         assert rate == pytest.approx(expected), name
     differ = sorted(n for n in ours_lr if ours_lr[n] != pytest.approx(theirs_lr[n]))
     assert differ and all(PROJECTOR in n for n in differ), differ
+
+
+# --- the shared answering loop: resume, changed questions, per-question errors, progress -------------------
+def test_runner_redoes_regenerated_questions_and_shows_progress(tmp_path, capsys):
+    """The toy world regenerated (same ids, new question text and images): the rerun answers them again
+    instead of 'finishing' at once with the old answers; unchanged ones are kept; every id once."""
+    from roillava.answer import run_questions
+
+    img = tmp_path / "images"
+    img.mkdir()
+    for name, colour in (("a.png", (1, 2, 3)), ("b.png", (4, 5, 6))):
+        Image.new("RGB", (8, 8), colour).save(img / name)
+    rows = [
+        {"question_id": "q1", "image": "a.png", "text": "one"},
+        {"question_id": "q2", "image": "b.png", "text": "two"},
+        {"question_id": "q3", "image": "b.png", "text": "three"},
+        {"question_id": "q4", "text": "text only"},
+    ]
+    qf = _write_jsonl(tmp_path / "q.jsonl", rows)
+    answers = tmp_path / "a.jsonl"
+
+    def solver(tag):
+        return lambda batch, images: [(f"{tag}:{q['text']}", {}) for q in batch]
+
+    first = run_questions(str(qf), str(img), str(answers), solver("v1"), batch_size=2, settings={"m": 1})
+    assert first["answered_now"] == 4 and first["text_only"] == 1
+    assert "answering: 100%" in capsys.readouterr().err  # a tqdm bar with rate and ETA
+    rows[0]["text"] = "one, reworded"
+    _write_jsonl(qf, rows)
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(img / "b.png")
+    second = run_questions(str(qf), str(img), str(answers), solver("v2"), batch_size=2, settings={"m": 1})
+    assert second["answered_now"] == 3 and second["redone"] == 3 and second["resumed"] == 1
+    got = {json.loads(x)["question_id"]: json.loads(x)["text"] for x in answers.read_text().splitlines()}
+    assert len(answers.read_text().splitlines()) == 4
+    assert got == {"q1": "v2:one, reworded", "q2": "v2:two", "q3": "v2:three", "q4": "v1:text only"}
+    # same inputs, other generation settings: answered again, never mixed
+    third = run_questions(str(qf), str(img), str(answers), solver("v3"), batch_size=2, settings={"m": 2})
+    assert third["answered_now"] == 4
+
+
+def test_runner_records_a_missing_image_key_when_an_image_is_needed(tmp_path):
+    from roillava.answer import run_questions
+
+    qf = _write_jsonl(tmp_path / "q.jsonl", [{"question_id": 7, "text": "where?"}])
+    answers = tmp_path / "a.jsonl"
+    summary = run_questions(
+        str(qf),
+        str(tmp_path),
+        str(answers),
+        lambda b, i: [("x", {})] * len(b),
+        needs_image=True,
+        progress=False,
+    )
+    (row,) = [json.loads(x) for x in answers.read_text().splitlines()]
+    assert summary["missing_images"] == 1 and row["text"] == ""
+    assert row["metadata"]["error"] == f"question has no 'image' ({qf}:1)"
+
+
+def test_checkpoint_paths_are_relative_and_a_missing_one_is_named(tmp_path):
+    from eval.checks import resolve_in_checkpoint
+    from segllava.model import CONFIG_FILE, SegConfig
+
+    base, sam, ckpt = (
+        tmp_path / "tree" / "base",
+        tmp_path / "tree" / "sam",
+        tmp_path / "tree" / "ckpts" / "seg",
+    )
+    for d in (base, sam, ckpt):
+        d.mkdir(parents=True)
+    SegConfig(base_model=str(base), vision_pretrained=str(sam)).save(ckpt)
+    saved = json.loads((ckpt / CONFIG_FILE).read_text())
+    assert saved["base_model"] == "../../base" and saved["vision_pretrained"] == "../../sam"
+    moved = tmp_path / "moved"
+    (tmp_path / "tree").rename(moved)  # the whole tree moves: still loads
+    assert resolve_in_checkpoint(
+        moved / "ckpts" / "seg", saved["vision_pretrained"], f"{CONFIG_FILE}:vision_pretrained"
+    ) == str(moved / "ckpts" / "seg" / "../../sam")
+    alone = tmp_path / "alone"
+    (moved / "ckpts" / "seg").rename(alone)  # the checkpoint alone: a clear error, not "unsupported type"
+    with pytest.raises(
+        InputError, match=rf"{alone / CONFIG_FILE} names vision_pretrained '../../sam', which does not exist"
+    ):
+        resolve_in_checkpoint(alone, saved["vision_pretrained"], f"{CONFIG_FILE}:vision_pretrained")
+    # a hub id stays a hub id
+    assert resolve_in_checkpoint(alone, "facebook/sam-vit-huge", "x:y") == "facebook/sam-vit-huge"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from eval.metrics import intersection_union, seg_giou_ciou
 
@@ -58,12 +59,14 @@ def evaluate(
     batch_size: int = 8,
     max_new_tokens: int = 32,
     predictions: str | Path | None = None,
+    progress: bool = True,
 ) -> dict:
-    """Metrics of `seg` on `items` in one mode; optionally write one JSON line per item."""
+    """Metrics of `seg` on `items` in one mode (a progress bar per item); optionally write one JSON line per item."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     preds, gts, metas, rows = [], [], [], []
     start = time.perf_counter()
+    bar = tqdm(total=len(items), desc=f"seg validation ({mode})", unit="item", disable=not progress)
     for batch in _batched(items, batch_size):
         images = [open_rgb(it.image_path) for it in batch]
         questions = [it.question for it in batch]
@@ -86,6 +89,8 @@ def evaluate(
                 {"image": it.image_path, "question": it.question, "text": text, "has_seg": mask is not None,
                  "intersection": inter, "union": union, **it.meta}
             )  # fmt: skip
+        bar.update(len(batch))
+    bar.close()
     metrics = split_metrics(preds, gts, metas)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
     metrics["no_seg"] = sum(not r["has_seg"] for r in rows)
