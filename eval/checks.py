@@ -331,3 +331,16 @@ def resolve_in_checkpoint(directory: str | Path, path: str, what: str) -> str:
         f"(looked for {candidate}): was the checkpoint moved without it? Move it back beside the checkpoint, "
         "or pass its new location (e.g. --sam, --model-base)"
     )
+
+
+def read_utf8(path: str | Path) -> str:
+    """A text file's contents; bytes that are not UTF-8 raise naming the file and line (not a bare
+    UnicodeDecodeError)."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 (byte {raw[e.start]:#x} at offset {e.start}); re-save the file as UTF-8"
+        ) from None

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--question-suffix", default="", help="appended to every question (e.g. a short-answer hint)"
     )
     run.add_argument("--model-id", default="fast")
+    run.add_argument(
+        "--verbose", action="store_true", help="keep the libraries' log chatter (FAST_VERBOSE=1)"
+    )
     run.add_argument("--temperature", type=float, default=0.0, help="only greedy decoding (0) is supported")
     return p
 
@@ -152,6 +155,9 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--vstar needs --bench-folder")
     if args.temperature != 0:
         p.error("only greedy decoding is supported (--temperature 0)")
+    from eval.logs import quiet_third_party
+
+    quiet_third_party(args.verbose or None)
     image = check_cli_inputs(args)
     config = config_from_args(args)
     print("[fast] " + config.to_json().replace("\n", " "), file=sys.stderr)

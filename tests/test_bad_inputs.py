@@ -800,3 +800,59 @@ def test_checkpoint_paths_are_relative_and_a_missing_one_is_named(tmp_path):
         resolve_in_checkpoint(alone, saved["vision_pretrained"], f"{CONFIG_FILE}:vision_pretrained")
     # a hub id stays a hub id
     assert resolve_in_checkpoint(alone, "facebook/sam-vit-huge", "x:y") == "facebook/sam-vit-huge"
+
+
+def test_deepspeed_chatter_is_quiet_by_default_and_verbose_restores_it(monkeypatch):
+    import logging
+
+    from deepspeed.utils import logger as ds_logger
+
+    from eval.logs import quiet_third_party
+
+    monkeypatch.delenv("FAST_VERBOSE", raising=False)
+    quiet_third_party()
+    assert not ds_logger.isEnabledFor(logging.WARNING) and ds_logger.isEnabledFor(logging.ERROR)
+    quiet_third_party(True)
+    assert ds_logger.isEnabledFor(logging.WARNING) and os.environ["FAST_VERBOSE"] == "1"
+    monkeypatch.delenv("FAST_VERBOSE")
+    quiet_third_party()
+
+
+@pytest.mark.parametrize("loader", ["roillava.data", "swillava.data"])
+def test_non_utf8_training_data_names_file_and_line(tmp_path, loader):
+    import importlib
+
+    data = tmp_path / "data.json"
+    data.write_bytes(b'[{"id": 1,\n "conversations": "caf\xe9"}]')
+    with pytest.raises(ValueError, match=rf"{data}:2: not UTF-8"):
+        importlib.import_module(loader).load_json_records(data)
+
+
+def test_seg_validate_checks_before_loading(small_world, tmp_path):
+    root, ckpt = small_world
+    proc, _ = _run(
+        [
+            sys.executable,
+            "-m",
+            "segllava.validate",
+            "--model",
+            str(root / "no_cfg"),
+            "--dataset_dir",
+            str(tmp_path),
+        ]
+    )
+    _bad_cases(root, ckpt)
+    proc, _ = _run(
+        [
+            sys.executable,
+            "-m",
+            "segllava.validate",
+            "--model",
+            str(root / "no_cfg"),
+            "--dataset_dir",
+            str(tmp_path),
+        ]
+    )
+    assert proc.returncode == 2 and f"{root / 'no_cfg'} holds no config.json" in _last_line(proc), (
+        proc.stderr[-2000:]
+    )

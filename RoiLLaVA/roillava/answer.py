@@ -440,6 +440,7 @@ def add_answer_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--chunk-idx", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.0, help="only greedy decoding (0) is supported")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--verbose", action="store_true", help="keep the libraries' log chatter (FAST_VERBOSE=1)")
     return p
 
 
@@ -479,8 +480,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     args = add_answer_args(p).parse_args(argv)
     from eval.checks import fail
+    from eval.logs import quiet_third_party
     from eval.qa_files import model_signature
 
+    quiet_third_party(args.verbose or None)
     try:
         check_answer_args(args)
     except answer_errors() as e:

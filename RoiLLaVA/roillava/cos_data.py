@@ -64,7 +64,9 @@ def load_roi_file(path: str | Path) -> dict[str, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"Chain-of-Spot ROI file not found: {path}")
     try:
-        data = json.loads(path.read_text())
+        from eval.checks import read_utf8
+
+        data = json.loads(read_utf8(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid JSON: {e}") from None
     if not isinstance(data, dict):

@@ -30,7 +30,9 @@ def load_json_records(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    text = path.read_text()
+    from eval.checks import read_utf8
+
+    text = read_utf8(path)
     if path.suffix == ".jsonl":
         rows = []
         for n, line in enumerate(text.splitlines(), 1):

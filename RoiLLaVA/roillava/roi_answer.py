@@ -33,8 +33,10 @@ def main(argv: list[str] | None = None) -> None:
         max_new_tokens=args.max_new_tokens,
     )
     from eval.checks import fail
+    from eval.logs import quiet_third_party
     from eval.qa_files import model_signature
 
+    quiet_third_party(args.verbose or None)
     try:
         check_answer_args(args)
     except answer_errors() as e:

@@ -126,9 +126,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="write the metrics JSON here")
     p.add_argument("--predictions", default=None, help="write per-item JSONL (raw text, I, U) here")
     args = p.parse_args(argv)
+    from eval.checks import InputError, check_checkpoint, check_dir, fail
+
+    try:  # every input before the model loads: one line naming the bad one
+        check_checkpoint(args.model, "--model", check_base=False)
+        check_dir(args.dataset_dir, "--dataset_dir")
+        items = val_items(Path(args.dataset_dir), args.val_dataset)
+    except (InputError, ValueError, OSError) as e:
+        raise fail(e) from None
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     seg = SegLLaVA.from_pretrained(args.model, dtype=dtype, device=args.device)
-    items = val_items(Path(args.dataset_dir), args.val_dataset)
     if args.limit:
         items = items[: args.limit]
     modes = list(MODES) if args.mode == "both" else [args.mode]

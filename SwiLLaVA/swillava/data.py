@@ -70,7 +70,9 @@ def data_files(data_path: str | Path) -> list[Path]:
 
 def load_json_records(path: Path) -> list[dict]:
     """A JSON list (or JSONL) of records; a parse error names the file (and line for JSONL)."""
-    text = path.read_text()
+    from eval.checks import read_utf8
+
+    text = read_utf8(path)
     if path.suffix == ".jsonl":
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
