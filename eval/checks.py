@@ -117,13 +117,25 @@ def looks_like_hub_id(source: str) -> bool:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host accepts a connection within `timeout` seconds (name lookup included: it
+    runs in a thread, since a lookup without network can hang far longer than a connect)."""
+    import threading
+
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     url = urlparse(endpoint)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
 
 
 def check_hub_id(repo_id: str, what: str) -> None:

@@ -856,3 +856,14 @@ def test_seg_validate_checks_before_loading(small_world, tmp_path):
     assert proc.returncode == 2 and f"{root / 'no_cfg'} holds no config.json" in _last_line(proc), (
         proc.stderr[-2000:]
     )
+
+
+def test_hub_id_without_network_fails_at_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: as good as no network
+    with pytest.raises(
+        InputError,
+        match=r"'llava-hf/llava-1\.5-7b-hf' is a hub id, not in the local cache, and the hub is unreachable: download it",
+    ):
+        check_checkpoint("llava-hf/llava-1.5-7b-hf", "--model_name_or_path")
