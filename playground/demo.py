@@ -505,7 +505,8 @@ def stage_seg_train() -> None:
     if not (TINY_SAM / "model.safetensors").exists():
         py(["playground.sam_pretrain", "--out", str(TINY_SAM)], DEMO / "logs" / "sam_pretrain.log")
     cmd = [
-        "deepspeed", "--num_gpus", "1", "--master_port", str(29500 + os.getpid() % 1000), "train_ds.py",
+        "deepspeed", "--num_gpus", "1", "--master_port", str(29500 + os.getpid() % 1000),
+        "--log_level", "info" if os.environ.get("FAST_VERBOSE") == "1" else "error", "train_ds.py",
         f"--version={CKPT / 'system1'}", f"--dataset_dir={ROOT / 'dataset'}", f"--vision_pretrained={TINY_SAM}",
         f"--log_base_dir={CKPT}", "--exp_name=seg", *SEG_TRAIN,
     ]  # fmt: skip

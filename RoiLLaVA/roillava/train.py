@@ -240,13 +240,18 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
     from eval.checks import parse_training_args
 
     remove_shm_buffer_at_exit()
+    # Inputs first: TrainingArguments sets up DeepSpeed (on a CPU it may compile an op for minutes).
+    if not {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv):
+        model_args, data_args, _ = HfArgumentParser(
+            (ModelArguments, DataArguments), add_help=False
+        ).parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        check_train_inputs(model_args, data_args)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parse_training_args(parser, argv)
     from eval.logs import quiet_third_party
 
     quiet_third_party()  # DeepSpeed, imported by now, resets its logger's level on import
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
-    check_train_inputs(model_args, data_args)
     processor = load_processor(model_args, data_args)
     if (
         data_args.dry_run

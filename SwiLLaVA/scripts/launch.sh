@@ -19,9 +19,11 @@ if [ -z "${BF16:-}" ]; then
     esac
 fi
 
+# The DeepSpeed launcher's own INFO lines only with FAST_VERBOSE=1 (its errors always).
+case "${FAST_VERBOSE:-}" in 1 | true | yes) DS_LOG_LEVEL=${DS_LOG_LEVEL:-info} ;; *) DS_LOG_LEVEL=${DS_LOG_LEVEL:-error} ;; esac
 launch() {
     case "$LAUNCHER" in
-        deepspeed) deepspeed ${NUM_GPUS:+--num_gpus "$NUM_GPUS"} --master_port "$MASTER_PORT" "$@" ;;
+        deepspeed) deepspeed ${NUM_GPUS:+--num_gpus "$NUM_GPUS"} --master_port "$MASTER_PORT" --log_level "$DS_LOG_LEVEL" "$@" ;;
         torchrun) torchrun --nproc_per_node "${NUM_GPUS:-1}" --master_port "$MASTER_PORT" "$@" ;;
         python) python "$@" ;;
         *) echo "unknown LAUNCHER=$LAUNCHER (deepspeed | torchrun | python)" >&2; return 2 ;;

@@ -253,13 +253,18 @@ def train(argv: list[str] | None = None) -> None:
     from eval.checks import parse_training_args
 
     remove_shm_buffer_at_exit()
+    # Inputs first: TrainingArguments sets up DeepSpeed (on a CPU it may compile an op for minutes).
+    if not {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv):
+        model_args, data_args, _ = HfArgumentParser(
+            (ModelArguments, DataArguments), add_help=False
+        ).parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        check_train_inputs(model_args, data_args)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parse_training_args(parser, argv)
     from eval.logs import quiet_third_party
 
     quiet_third_party()  # DeepSpeed, imported by now, resets its logger's level on import
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
-    check_train_inputs(model_args, data_args)
     transformers.set_seed(training_args.seed)  # the object projector's initialisation
     processor = load_processor(model_args, data_args)
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
