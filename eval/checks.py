@@ -28,7 +28,14 @@ CONFIG_FILES = {
     "swillava_config.json": "SwiLLaVA's save_pretrained",
     "segllava_config.json": "SegLLaVA's save_pretrained",
 }
-WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+WEIGHT_NAMES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+# Any of these is a tokenizer (LLaMA ships tokenizer.json and/or tokenizer.model; BPE models vocab.json).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
 
 
 class InputError(ValueError):
@@ -225,7 +232,7 @@ def check_checkpoint(
             "they are written by save_pretrained at the end of training"
         )
     if ((p / "tokenizer_config.json").is_file() or needs_tokenizer) and not any(
-        (p / n).is_file() for n in ("tokenizer.json", "tokenizer.model")
+        (p / n).is_file() for n in TOKENIZER_FILES
     ):
         raise InputError(
             f"{p}: no tokenizer.json (nor tokenizer.model); it is written by processor.save_pretrained "
