@@ -867,3 +867,18 @@ def test_hub_id_without_network_fails_at_once(monkeypatch, tmp_path):
         match=r"'llava-hf/llava-1\.5-7b-hf' is a hub id, not in the local cache, and the hub is unreachable: download it",
     ):
         check_checkpoint("llava-hf/llava-1.5-7b-hf", "--model_name_or_path")
+
+
+@pytest.mark.parametrize("how", ["no config.json", "truncated weights", "no tokenizer.json"])
+def test_loaders_check_the_directory_first(tmp_path, how):
+    """The library loaders themselves (not only the CLIs): a damaged directory is named before any weights
+    are read (without config.json the loader once grew to 23 GB)."""
+    from roillava.answer import load_for_inference
+    from swillava.model import load_switch
+
+    d = _llava_dir(tmp_path / "ckpt")
+    message = _break(how, d)
+    for load in (load_for_inference, load_switch):
+        with pytest.raises(InputError) as e:
+            load(str(d))
+        assert message in str(e.value)

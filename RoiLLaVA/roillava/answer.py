@@ -404,8 +404,16 @@ def _answer_row(q: dict, text: str, model_id: str, metadata: dict) -> dict:
 def load_for_inference(
     model_path: str, model_base: str | None = None, *, device: str = "cpu", dtype=torch.float32
 ):
-    """A full llava-hf checkpoint, or a PEFT adapter directory merged onto its base."""
+    """A full llava-hf checkpoint, or a PEFT adapter directory merged onto its base.
+
+    The directories are checked first (`eval.checks`): a damaged one fails in seconds naming the file,
+    instead of a loader that can grow without bound on a directory with no config."""
     from transformers import LlavaForConditionalGeneration
+
+    from eval.checks import check_checkpoint
+
+    check_checkpoint(model_base, "model_base")
+    check_checkpoint(model_path, "model_path", check_base=model_base is None)
 
     from .model import llava_processor
 

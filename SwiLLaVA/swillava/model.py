@@ -482,8 +482,13 @@ def load_switch(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> tuple[SwiLLaVA, object]:
-    """A SwiLLaVA checkpoint ready for inference (LoRA merged), and its processor (padding on)."""
+    """A SwiLLaVA checkpoint ready for inference (LoRA merged), and its processor (padding on); the
+    directories are checked first (`eval.checks`), so a damaged one fails in seconds naming the file."""
+    from eval.checks import check_checkpoint
+
     path = Path(path)
+    check_checkpoint(path, "switch checkpoint", check_base=False)
+    check_checkpoint(model_base, "model_base")
     config = SwiConfig.load(path)
     if model_base:
         base = model_base
