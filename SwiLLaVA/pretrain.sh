@@ -1,5 +1,5 @@
 #!/bin/sh
-# Switch adapter, stage 1: projector alignment on captions (plain template; SEAL's recipe, §2.3).
+# Switch adapter, stage 1: projector alignment on captions (plain template; SEAL's recipe).
 # The language model and vision tower stay frozen. By default only the perceiver object projector trains
 # (SEAL's "perceiver" run: lr 2e-4, 5 epochs, batch 32, ZeRO-2): the llava-hf base already has an aligned
 # MLP projector. PROJECTORS=mlp,object also aligns the MLP projector (even records through it, odd

@@ -156,35 +156,12 @@ def _unique_ids(rows: list[dict], notes: dict) -> list[dict]:
     return out
 
 
-def load_question_rows(path: Path) -> list[dict]:
-    """A question file (JSONL or JSON list); a malformed line or record raises naming file and line."""
-    if not path.is_file():
-        raise FileNotFoundError(f"question file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((n, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON line: {e}") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON: {e}") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-        rows = [(i, r) for i, r in enumerate(data)]
-    out = []
-    for n, row in rows:
-        where = f"{path}:{n}" if path.suffix == ".jsonl" else f"{path}: record {n}"
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected a JSON object")
-        out.append((where, row))
-    return out
+def load_question_rows(path: Path) -> list[tuple[str, dict]]:
+    """(location, record) of a question file (JSONL or JSON list); malformed input raises naming file and
+    line (`eval.qa_files.iter_records`, the reader every runner shares)."""
+    from .qa_files import iter_records
+
+    return iter_records(path)
 
 
 def prepare_llava_jsonl(bench: Benchmark, paths: BenchPaths) -> Prepared:

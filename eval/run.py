@@ -29,6 +29,8 @@ from pathlib import Path
 
 from .answers import answered_ids, merge_files, read_answers
 from .benchmarks import BENCHMARKS, Benchmark, BenchPaths, ScoreInput, source_id
+from .checks import InputError, check_checkpoint, fail
+from .qa_files import AnswersBusy, QuestionFileError, model_signature, read_questions
 from .vstar_bench import VSTAR_DEFAULT_IMAGE_VIEW, VSTAR_IMAGE_VIEWS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,7 +249,7 @@ def sibling_env() -> dict[str, str]:
 
 
 def fast_command(cfg: RunConfig, bench: Benchmark, paths: BenchPaths, out: Path) -> list[str]:
-    """The composed agent's CLI (`python -m fast`, issue 6) for this chunk."""
+    """The composed agent's CLI (`python -m fast`) for this chunk."""
     if bench.likelihood:
         what = ["--vstar", "--bench-folder", str(paths.bench_dir)]
         what += ["--option-image-view", cfg.vstar_image_view]
@@ -286,10 +288,28 @@ def load_model(cfg: RunConfig):
     return load_for_inference(cfg.model_path, cfg.model_base, device=device, dtype=dtype, bits=cfg.bits)
 
 
+def check_run_inputs(cfg: RunConfig, paths: BenchPaths) -> None:
+    """The prepared questions (every record) and the checkpoints, checked before any model loads."""
+    questions = read_questions(paths.prepared)
+    if any(q.get("image") for q in questions) and not paths.image_folder.is_dir():
+        raise InputError(
+            f"image folder {paths.image_folder} does not exist (--image-folder or the data layout)"
+        )
+    check_checkpoint(cfg.model_base, "--model-base")
+    check_checkpoint(cfg.model_path, "--model-path", check_base=not cfg.model_base)
+    for what, path in (
+        ("--roi-path", cfg.roi_path),
+        ("--switch-path", cfg.switch_path),
+        ("--seg-path", cfg.seg_path),
+    ):
+        check_checkpoint(path, what, check_base=False)
+
+
 def answer_chunk(cfg: RunConfig, bench: Benchmark, paths: BenchPaths) -> dict:
     """Answer this process's chunk into `<N>_<K>.jsonl`; returns the answerer's counts and timing."""
     out = paths.chunk_file(cfg.num_chunks, cfg.chunk_idx)
     out.parent.mkdir(parents=True, exist_ok=True)
+    check_run_inputs(cfg, paths)
     if cfg.mode == "fast":
         cmd = fast_command(cfg, bench, paths, out)
         start = time.perf_counter()
@@ -311,6 +331,9 @@ def answer_chunk(cfg: RunConfig, bench: Benchmark, paths: BenchPaths) -> dict:
         max_new_tokens=max_new,
     )
     common = {
+        "model_signature": model_signature(
+            cfg.model_path, cfg.model_base, cfg.roi_path if cfg.mode == "cos" else None
+        ),
         "batch_size": cfg.batch_size,
         "model_id": cfg.ckpt,
         "num_chunks": cfg.num_chunks,
@@ -520,7 +543,10 @@ def main(argv: list[str] | None = None) -> dict:
         if gpus:
             run_all_chunks(argv, gpus)
         else:
-            timing = answer_chunk(cfg, bench, paths)
+            try:
+                timing = answer_chunk(cfg, bench, paths)
+            except (InputError, QuestionFileError, AnswersBusy) as e:
+                raise fail(e) from None
             notes[f"answering_chunk_{cfg.chunk_idx}"] = timing
     if cfg.no_score:
         return {"status": "answered"}

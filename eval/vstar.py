@@ -12,6 +12,8 @@ option order), `choice` and `image_view`.
 
 from __future__ import annotations
 
+import dataclasses
+
 from roillava.answer import build_prompt, generate, option_losses, run_questions
 from roillava.roi import RoiConfig, parse_roi_box, stage1_prompt, stage2_prompt
 
@@ -39,6 +41,7 @@ def vstar_answer_file(
     chunk_idx: int = 0,
     progress: bool = True,
     image_view: str = VSTAR_DEFAULT_IMAGE_VIEW,
+    model_signature: str | None = None,
 ) -> dict:
     """Likelihood answers for prepared V*Bench questions (rows carry `options`)."""
     if mode not in ("s1", "cos"):
@@ -92,4 +95,13 @@ def vstar_answer_file(
         chunk_idx=chunk_idx,
         progress=progress,
         error_metadata={"option_losses": None, "choice": None, "image_view": None},
+        settings={
+            "runner": "vstar",
+            "mode": mode,
+            "model": model_signature,
+            "template": template,
+            "image_view": image_view,
+            "roi": dataclasses.asdict(roi_config) if mode == "cos" else None,
+        },  # fmt: skip
+        needs_image=True,
     )

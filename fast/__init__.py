@@ -3,3 +3,7 @@
 from .paths import add_sibling_paths
 
 add_sibling_paths()
+
+from eval.logs import quiet_third_party  # noqa: E402
+
+quiet_third_party()

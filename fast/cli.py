@@ -23,7 +23,7 @@ from eval.vstar_bench import VSTAR_DEFAULT_IMAGE_VIEW, VSTAR_IMAGE_VIEWS
 
 from .agent import FastAgent
 from .config import BITS, DTYPES, EVIDENCE_MODES, AgentConfig
-from .run import answer_question_file, answer_vstar, config_path_for, save_overlay
+from .run import answer_question_file, answer_vstar, config_path_for, file_stem, save_overlay
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench-folder", help="V*Bench folder (<category>/<stem>.jpg + .json)")
     p.add_argument("--answers-file", help="answers JSONL (batch and V*Bench)")
     p.add_argument("--traces-file", default=None, help="default: <answers>.traces.jsonl")
-    p.add_argument("--overlay-dir", default=None, help="write a PNG overlay of every System-2 trace here")
+    p.add_argument(
+        "--overlay-dir", default=None, help="write a PNG overlay (with a legend) of every System-2 trace here"
+    )
+    p.add_argument(
+        "--trace-file",
+        default=None,
+        help="single question: write its trace JSON here (default: fast_traces/<image>_<question>.json)",
+    )
     p.add_argument("--options", nargs="+", default=None, help="single question: score these options")
     models = p.add_argument_group("checkpoints")
     models.add_argument("--base", required=True, help="the llava-hf System-1 checkpoint the adapters share")
@@ -97,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--question-suffix", default="", help="appended to every question (e.g. a short-answer hint)"
     )
     run.add_argument("--model-id", default="fast")
+    run.add_argument(
+        "--verbose", action="store_true", help="keep the libraries' log chatter (FAST_VERBOSE=1)"
+    )
     run.add_argument("--temperature", type=float, default=0.0, help="only greedy decoding (0) is supported")
     return p
 
@@ -127,6 +137,39 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     )
 
 
+def check_cli_inputs(args: argparse.Namespace):
+    """Every input checked before any model loads; a bad one exits with one line (no traceback) naming it.
+    Returns the single question's image (read here, so an unreadable one fails now)."""
+    from eval.checks import InputError, check_checkpoint, check_dir, fail
+    from eval.qa_files import AnswersBusy, AnswersFile, QuestionFileError, read_questions
+
+    try:
+        for flag in ("base", "switch", "roi", "seg", "sam"):
+            check_checkpoint(getattr(args, flag), f"--{flag}", check_base=False)
+        image = None
+        if args.image is not None:
+            from roillava.data import open_image
+
+            try:
+                image = open_image(Path(args.image))
+            except OSError as e:
+                raise InputError(f"--image: {e}") from None
+        if args.question is not None and not args.question.strip():
+            raise InputError("--question is empty")
+        if args.question_file:
+            questions = read_questions(args.question_file)
+            if any(q.get("image") for q in questions):
+                check_dir(args.image_folder or ".", "--image-folder")
+        if args.vstar:
+            check_dir(args.bench_folder, "--bench-folder")
+        if args.answers_file and (args.question_file or args.vstar):
+            with AnswersFile(args.answers_file, {}, quiet=True):
+                pass
+    except (InputError, QuestionFileError, AnswersBusy, FileNotFoundError) as e:
+        raise fail(e) from None
+    return image
+
+
 def main(argv: list[str] | None = None) -> None:
     p = build_parser()
     args = p.parse_args(argv)
@@ -142,6 +185,10 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--vstar needs --bench-folder")
     if args.temperature != 0:
         p.error("only greedy decoding is supported (--temperature 0)")
+    from eval.logs import quiet_third_party
+
+    quiet_third_party(args.verbose or None)
+    image = check_cli_inputs(args)
     config = config_from_args(args)
     print("[fast] " + config.to_json().replace("\n", " "), file=sys.stderr)
     agent = FastAgent(config)
@@ -150,13 +197,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[fast] token ids: {note}", file=sys.stderr)
 
     if single:
-        from roillava.data import open_image
-
-        image = open_image(Path(args.image))
-        trace = agent.answer(image, args.question, options=args.options)
+        name = file_stem(f"{Path(args.image).stem}_{args.question}")
+        trace = agent.answer(image, args.question, options=args.options, question_id=name)
         print(trace.readable())
-        if args.overlay_dir and trace.system == "system2":
-            print(f"overlay: {save_overlay(image, trace, args.overlay_dir)}")
+        trace_file = Path(args.trace_file or Path("fast_traces") / f"{name}.json")
+        trace_file.parent.mkdir(parents=True, exist_ok=True)
+        trace_file.write_text(json.dumps({**trace.to_dict(), "image": str(args.image)}, indent=1))
+        print(f"trace: {trace_file}")
+        if args.overlay_dir:
+            print(f"overlay: {save_overlay(image, trace, args.overlay_dir, name)}")
         return
 
     record = {"agent_config": json.loads(config.to_json()), "memory": agent.model.memory.as_dict()}

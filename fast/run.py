@@ -1,23 +1,30 @@
 """Batch runners: LLaVA question JSONL → answer JSONL + traces, and V*Bench multiple choice.
 
-Both are resumable with the System-1 answerer's semantics (`roillava.answer.read_done`): a rerun skips
-questions already in the answers file and drops a line cut off by a kill, so each question is answered
-exactly once. The answers file is the commit point; the traces file is reconciled with it on resume
-(lines of uncommitted questions dropped, missing ones restored from the answers' metadata).
+Both read questions and write answers with `eval.qa_files`, the policy every runner shares: bad records
+fail naming file:line before the model loads, the answers file is locked against a second run, and each
+answer stores the fingerprint of its question, image, checkpoints and agent settings, so a rerun skips
+only questions answered as they are now (changed ones are answered again) and drops a line cut off by a
+kill: each question is answered exactly once. The answers file is the commit point; the traces file is
+reconciled with it on resume (lines of uncommitted questions dropped, missing ones restored from the
+answers' metadata).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.benchmarks import load_question_rows
+from tqdm import tqdm
+
+from eval.qa_files import AnswersFile, model_signature, question_fingerprint
+from eval.qa_files import read_questions as read_question_file
 from eval.vstar_bench import read_vstar_bench
-from roillava.answer import append_lines, batched, chunk, read_done
+from roillava.answer import append_lines, batched, chunk
 from roillava.data import open_image
 from roillava.roi import split_instruction
 
@@ -36,19 +43,17 @@ def config_path_for(answers_file: str | Path) -> Path:
 
 
 def read_questions(question_file: str | Path) -> list[dict]:
-    """LLaVA question JSONL; a bad line (invalid JSON, no `question_id` or `text`) is an error naming file and line."""
-    rows, seen = [], set()
-    for where, row in load_question_rows(Path(question_file)):
-        for key in ("question_id", "text"):
-            if key not in row:
-                raise ValueError(f"{where}: question has no {key!r}")
-        if not isinstance(row["text"], str):
-            raise ValueError(f"{where}: 'text' must be a string")
-        if row["question_id"] in seen:
-            raise ValueError(f"{where}: duplicate question_id {row['question_id']!r}")
-        seen.add(row["question_id"])
-        rows.append(row)
-    return rows
+    """LLaVA question JSONL, checked by `eval.qa_files.read_questions` (errors name file and line)."""
+    return read_question_file(question_file)
+
+
+def agent_settings(agent: FastAgent) -> dict:
+    """What an answer depends on besides its question: the agent's config and its checkpoints' files."""
+    cfg = agent.config
+    return {
+        "agent": json.loads(cfg.to_json()),
+        "model": model_signature(cfg.base, cfg.switch, cfg.roi, cfg.seg, cfg.sam),
+    }
 
 
 def reconcile_traces(traces_file: Path, answers_file: Path, done: set) -> None:
@@ -130,33 +135,45 @@ def _run(
     model_id: str,
     overlay_dir: str | Path | None,
     extra_metadata=None,
+    progress: bool = True,
 ) -> dict:
     out = Path(answers_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     traces_out = Path(traces_file) if traces_file else traces_path_for(out)
-    done = read_done(out)
-    reconcile_traces(traces_out, out, done)
-    todo = [it for it in items if it[0]["question_id"] not in done]
+    settings = {**agent_settings(agent), "model_id": model_id}
+    expected = {
+        row["question_id"]: question_fingerprint({**row, "options": options}, image, settings)
+        for row, image, _, options in items
+    }
     start = time.perf_counter()
     n_system2 = 0
-    for batch in batched(_load_requests(todo), batch_size):
-        traces = agent.answer_batch([it.request for it in batch])
-        rows = [
-            _answer_row(it, tr, model_id, extra_metadata(it, tr) if extra_metadata else None)
-            for it, tr in zip(batch, traces)
-        ]
-        append_lines(out, rows)
-        append_lines(traces_out, [tr.to_dict() for tr in traces])
-        n_system2 += sum(tr.system == "system2" for tr in traces)
-        if overlay_dir:
-            for it, tr in zip(batch, traces):
-                if tr.system == "system2" and it.request.image is not None:
-                    save_overlay(it.request.image, tr, overlay_dir)
+    with AnswersFile(out, expected, quiet=not progress) as answers:
+        reconcile_traces(traces_out, out, set(answers.done))
+        todo = [it for it in items if it[0]["question_id"] not in answers.done]
+        bar = tqdm(total=len(todo), desc="fast", unit="q", disable=not progress)
+        for batch in batched(_load_requests(todo), batch_size):
+            traces = agent.answer_batch([it.request for it in batch])
+            rows = [
+                _answer_row(it, tr, model_id, extra_metadata(it, tr) if extra_metadata else None)
+                for it, tr in zip(batch, traces)
+            ]
+            answers.append(rows)
+            append_lines(traces_out, [tr.to_dict() for tr in traces])
+            n_system2 += sum(tr.system == "system2" for tr in traces)
+            if overlay_dir:
+                for it, tr in zip(batch, traces):
+                    if tr.system == "system2" and it.request.image is not None:
+                        save_overlay(it.request.image, tr, overlay_dir)
+            bar.update(len(batch))
+            bar.set_postfix(system2=n_system2)
+        bar.close()
+        redone = answers.redone
     seconds = time.perf_counter() - start
     return {
         "questions": len(items),
         "answered_now": len(todo),
         "resumed": len(items) - len(todo),
+        "redone": redone,
         "system2_now": n_system2,
         "seconds": seconds,
         "sec_per_question": seconds / max(1, len(todo)),
@@ -165,10 +182,17 @@ def _run(
     }
 
 
-def save_overlay(image, trace: Trace, overlay_dir: str | Path) -> Path:
+def file_stem(text: str, limit: int = 80) -> str:
+    """A file-name-safe stem for a question id or text."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
+    return stem[:limit] or "question"
+
+
+def save_overlay(image, trace: Trace, overlay_dir: str | Path, name: str | None = None) -> Path:
+    """`<overlay_dir>/<name or question id>.png`: the overlay with its legend."""
     d = Path(overlay_dir)
     d.mkdir(parents=True, exist_ok=True)
-    path = d / (str(trace.question_id).replace("/", "_") + ".png")
+    path = d / (file_stem(name or trace.question_id) + ".png")
     draw_overlay(image, trace).save(path)
     return path
 

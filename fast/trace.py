@@ -131,8 +131,39 @@ class Trace:
 _MASK_COLOURS = ((255, 60, 60), (60, 200, 255), (255, 200, 40))
 
 
-def draw_overlay(image: Image.Image, trace: Trace) -> Image.Image:
-    """The image with the ROI box (yellow), each object's mask (tinted), box (green) and crop (white)."""
+def _legend_lines(trace: Trace) -> list[tuple[str, tuple[int, int, int]]]:
+    """The legend's lines and their colours: decision, missing objects, ROI box, masks, answer, time per stage."""
+    white, grey = (255, 255, 255), (200, 200, 200)
+    decision = trace.system + (" (forced)" if trace.forced_system2 else "")
+    if trace.decision:
+        decision += f", switch by {trace.decision}"
+    lines = [(f"Q: {trace.question}", white), (f"decision: {decision}", white)]
+    if trace.missing_objects is not None:
+        lines.append((f"missing: {', '.join(trace.missing_objects) or '(none parsed)'}", grey))
+    if trace.roi is not None:
+        state = "" if trace.roi.get("ok", True) else f" (not used: {trace.roi.get('reason')})"
+        lines.append((f"ROI box (yellow): {trace.roi.get('text')!r}{state}", (255, 230, 0)))
+    for k, o in enumerate(trace.objects):
+        area = f", mask {o.mask_area} px" if o.mask_area is not None else ", no mask"
+        colour = _MASK_COLOURS[k % len(_MASK_COLOURS)]
+        lines.append((f"mask/box {o.name}: from {o.source}{area} (green box, white crop)", colour))
+    for f in trace.fallbacks:
+        lines.append((f"fallback {f.stage}: {f.reason} -> {f.action}", grey))
+    lines.append((f"A: {trace.answer}", (120, 255, 120)))
+    if trace.latency:
+        lines.append(("time: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in trace.latency.items()), grey))
+    return lines
+
+
+def _wrap(text: str, width_chars: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, max(8, width_chars)) or [""]
+
+
+def draw_overlay(image: Image.Image, trace: Trace, *, legend: bool = True) -> Image.Image:
+    """The image with the ROI box (yellow), each object's mask (tinted), box (green) and crop (white);
+    below it, with `legend`, a panel saying what each mark is plus the decision, answer and time per stage."""
     canvas = image.convert("RGB").copy()
     arr = np.asarray(canvas).astype(np.float32)
     for k, o in enumerate(trace.objects):
@@ -150,4 +181,21 @@ def draw_overlay(image: Image.Image, trace: Trace) -> Image.Image:
         draw.rectangle([left, top, right - 1, bottom - 1], outline=(255, 255, 255), width=1)
         x, y, w, h = o.box
         draw.rectangle([x, y, x + w - 1, y + h - 1], outline=(40, 230, 60), width=1)
-    return canvas
+    if not legend:
+        return canvas
+    from PIL import ImageFont
+
+    font = ImageFont.load_default()
+    width = max(canvas.width, 320)
+    char_w, line_h = 6, 12
+    rows = [
+        (piece, colour)
+        for text, colour in _legend_lines(trace)
+        for piece in _wrap(text, (width - 8) // char_w)
+    ]
+    out = Image.new("RGB", (width, canvas.height + 6 + line_h * len(rows)), (20, 20, 20))
+    out.paste(canvas, (0, 0))
+    draw = ImageDraw.Draw(out)
+    for i, (text, colour) in enumerate(rows):
+        draw.text((4, canvas.height + 3 + line_h * i), text, fill=colour, font=font)
+    return out

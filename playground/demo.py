@@ -31,7 +31,7 @@ CKPT = DEMO / "checkpoints"
 SYSTEM1_PRETRAIN = {"MAX_STEPS": "100", "BATCH": "16", "LR": "2e-3", "IMAGE_ASPECT_RATIO": "pad"}
 SYSTEM1_FINETUNE = {"MAX_STEPS": "900", "BATCH": "16", "LR": "1e-3"}
 # Adapter sizes: the agent holds every adapter on one base and must stay within 1.1x "one LLaVA + SAM"
-# (issue 6). LoRA r8 on the 256-wide toy LM is the real recipe's r128 on 4096 in proportion; both
+# (the agent's memory target). LoRA r8 on the 256-wide toy LM is the real recipe's r128 on 4096 in proportion; both
 # adapters keep the base's MLP projector (--freeze_mm_mlp_adapter) instead of carrying a copy.
 # Pointing, like naming for the switch, comes with updates: 1000 steps of 4 cover 91% of the small
 # targets, 440 (the old recipe) 73-83%, a tenth of the boxes inverted. Without LoRA dropout
@@ -101,14 +101,13 @@ def run_stage(name: str, fn: Callable[[], dict | None], timings: dict) -> dict |
     return result
 
 
-def sh(script: str, cwd: Path, env: dict[str, str], log: Path) -> None:
-    """Run one of the project's shell scripts as a user would; its output goes to the console and `log`."""
+def tee(cmd: list[str], cwd: Path, log: Path, what: str, env: dict[str, str] | None = None) -> None:
+    """Run `cmd`, its output streamed to the console (progress bars included) and to `log`; a failure
+    exits quoting the log's last lines."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **TOY_ENV, **env, "PYTHONUNBUFFERED": "1"}
+    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as f:
-        proc = subprocess.Popen(
-            ["bash", script], cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         for chunk in iter(lambda: proc.stdout.read1(4096), b""):
             f.write(chunk)
             sys.stdout.buffer.write(chunk)
@@ -116,7 +115,12 @@ def sh(script: str, cwd: Path, env: dict[str, str], log: Path) -> None:
         proc.wait()
     if proc.returncode:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
-        raise SystemExit(f"[demo] {script} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+        raise SystemExit(f"[demo] {what} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+
+
+def sh(script: str, cwd: Path, env: dict[str, str], log: Path) -> None:
+    """Run one of the project's shell scripts as a user would; its output goes to the console and `log`."""
+    tee(["bash", script], cwd, log, script, {**TOY_ENV, **env})
 
 
 def py(args: list[str], log: Path | None = None) -> None:
@@ -124,10 +128,7 @@ def py(args: list[str], log: Path | None = None) -> None:
     if log is None:
         subprocess.run(cmd, cwd=ROOT, check=True)
         return
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as f:
-        if subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode:
-            raise SystemExit(f"[demo] {' '.join(args[:1])} failed; see {log}")
+    tee(cmd, ROOT, log, args[0])
 
 
 def stage_world() -> dict:
@@ -259,7 +260,7 @@ def stage_switch_eval() -> dict:
     )
 
 
-# --- the FaST agent on the toy V*-style set (issue 6) ----------------------------------------------------
+# --- the FaST agent on the toy V*-style set ----------------------------------------------------------
 VSTAR_TOY = PLAYGROUND / "data" / "eval" / "vstar_toy"
 AGENT_DIR = DEMO / "agent"
 # name: (mode, evidence). The last two are the evidence ablation; "fast" is its roi+seg entry.
@@ -300,7 +301,7 @@ def agent_config(mode: str = "fast", evidence: str = "roi+seg"):
 
 
 def vstar_toy_is_hard(bbox: list[float]) -> bool:
-    """Hard iff the target is small: the toy world draws small targets 12-24 px wide, large ones 64-128."""
+    """Hard iff the target is small: the toy world draws small targets 20-30 px wide, large ones 64-128 (SMALL_SIDE, LARGE_SIDE)."""
     from playground.toyworld.scene import LARGE_SIDE, SMALL_SIDE
 
     return max(bbox[2], bbox[3]) < (SMALL_SIDE[1] + LARGE_SIDE[0]) / 2
@@ -370,7 +371,7 @@ def stage_agent_eval() -> dict:
 
 
 def agent_acceptance(result: dict) -> dict[str, bool]:
-    """Issue 6's acceptance, measured on the toy V*-style set."""
+    """The agent's acceptance targets, measured on the toy V*-style set."""
     s1, s2, fast, mem = result["system1"], result["system2_always"], result["fast"], result["memory"]
     return {
         "fast acc >= System-2-always acc - 1 pt": fast["acc_all"] >= s2["acc_all"] - 0.01,
@@ -481,7 +482,7 @@ def agent_results(result: dict) -> dict:
     return {k: result[k] for k in ("system1", "system2_always", "fast", "memory")}
 
 
-# --- the segmentation adapter (issue 5) ------------------------------------------------------------------
+# --- the segmentation adapter ------------------------------------------------------------------------
 TINY_SAM = PLAYGROUND / "tiny_sam"  # the pretrained toy SAM (committed, as a real SAM is downloaded)
 # ReasonSeg-style data only: in a trial at this budget, mixing in the toy ADE20K classes ("background",
 # "clutter", …) at 3:1 gave gIoU 0.65 (0.61 from generated answers) against 0.75 (0.74) without them.
@@ -512,17 +513,12 @@ def stage_seg_train() -> None:
     if not (TINY_SAM / "model.safetensors").exists():
         py(["playground.sam_pretrain", "--out", str(TINY_SAM)], DEMO / "logs" / "sam_pretrain.log")
     cmd = [
-        "deepspeed", "--num_gpus", "1", "--master_port", str(29500 + os.getpid() % 1000), "train_ds.py",
+        "deepspeed", "--num_gpus", "1", "--master_port", str(29500 + os.getpid() % 1000),
+        "--log_level", "info" if os.environ.get("FAST_VERBOSE") == "1" else "error", "train_ds.py",
         f"--version={CKPT / 'system1'}", f"--dataset_dir={ROOT / 'dataset'}", f"--vision_pretrained={TINY_SAM}",
         f"--log_base_dir={CKPT}", "--exp_name=seg", *SEG_TRAIN,
     ]  # fmt: skip
-    log = DEMO / "logs" / "seg_train.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as f:
-        proc = subprocess.run(cmd, cwd=ROOT / "SegLLaVA", stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
-        raise SystemExit(f"[demo] seg training failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+    tee(cmd, ROOT / "SegLLaVA", DEMO / "logs" / "seg_train.log", "seg training")
 
 
 def stage_seg_eval() -> dict:

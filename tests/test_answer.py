@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from roillava.answer import answer_file, build_prompt, generate, option_losses, read_done
+from eval.qa_files import AnswersFile
+from roillava.answer import answer_file, build_prompt, generate, option_losses
 from roillava.data import open_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,13 +94,15 @@ def test_option_losses_are_per_option_mean_cross_entropy(llava, processor, quest
     assert together[1] == pytest.approx(by_hand.item(), rel=1e-4)
 
 
-def test_read_done_drops_a_partial_line(tmp_path):
+def test_resume_drops_a_partial_line(tmp_path):
     path = tmp_path / "answers.jsonl"
     path.write_text(
-        '{"question_id": "a", "text": "x"}\n{"question_id": "b", "text": "y"}\n{"question_id": "c", "te'
+        '{"question_id": "a", "text": "x", "fingerprint": "fa"}\n'
+        '{"question_id": "b", "text": "y", "fingerprint": "fb"}\n{"question_id": "c", "te'
     )
-    assert read_done(path) == {"a", "b"}
-    assert path.read_text().endswith('"y"}\n')
+    with AnswersFile(path, {"a": "fa", "b": "fb", "c": "fc"}) as answers:
+        assert set(answers.done) == {"a", "b"}
+    assert path.read_text().endswith('"fb"}\n')
 
 
 def test_missing_image_is_recorded_not_fatal(llava, processor, tmp_path, questions):

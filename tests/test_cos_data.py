@@ -81,7 +81,7 @@ def test_four_turn_conversation_labels_and_images(toy, padded_processor, model_c
     box = cos_box_from_params(params, *image.size)
     assert len(str(box)) > 10
 
-    # The exact §3.2 strings, each piece tokenised on its own as training does (split at <image>).
+    # The exact Chain-of-Spot strings, each piece tokenised on its own as training does (split at <image>).
     def t(text):
         return tok(text, add_special_tokens=False).input_ids
 

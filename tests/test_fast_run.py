@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -66,7 +67,7 @@ def test_batch_writes_llava_answers_and_traces(s2_agent, questions, tmp_path):
     rows = _lines(answers)
     assert [r["question_id"] for r in rows] == [f"q{i}" for i in range(8)] + ["q_missing"]
     for r in rows:
-        assert set(r) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
+        assert set(r) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata", "fingerprint"}
         assert r["metadata"]["trace"]["question_id"] == r["question_id"]
     assert rows[-1]["text"] == "" and "image not found" in rows[-1]["metadata"]["error"]
     assert (
@@ -115,7 +116,10 @@ def test_killed_batch_resumes_with_each_answer_exactly_once(ckpts, s2_agent, que
         f.write('{"question_id": "q7", "text": "cut of')
     with traces_path_for(answers).open("a") as f:
         f.write(json.dumps({"question_id": "q6", "answer": "uncommitted"}) + "\n")
-    summary = answer_question_file(s2_agent, qf, images, answers, batch_size=3)
+    # the same command again: its answers are the same question, image, checkpoints and settings
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
     ids = [r["question_id"] for r in _lines(answers)]
     assert sorted(ids) == sorted([f"q{i}" for i in range(8)] + ["q_missing"]) and len(ids) == len(set(ids))
     assert summary["resumed"] == len(committed) and summary["answered_now"] == 9 - len(committed)
@@ -200,11 +204,21 @@ def test_cli_single_question_prints_answer_and_trace(ckpts, tmp_path, capsys):
         "--image", str(image), "--question", "What pattern is on the blue object?", "--base", str(ckpts["base"]),
         "--switch", str(ckpts["switch"]), "--roi", str(ckpts["roi"]), "--evidence", "roi", "--mode", "system2-always",
         "--switch-max-new-tokens", "4", "--roi-max-new-tokens", "6", "--max-new-tokens", "3",
-        "--overlay-dir", str(tmp_path / "png"),
+        "--overlay-dir", str(tmp_path / "png"), "--trace-file", str(tmp_path / "trace.json"),
     ])  # fmt: skip
     out = capsys.readouterr()
     assert "system:   system2 (forced)" in out.out and "answer:" in out.out and "roi:" in out.out
     assert "resident parameters" in out.err and '"evidence": "roi"' in out.err
-    assert (tmp_path / "png" / "0.png").is_file()
+    # the trace JSON, and the overlay named after the image and question, with a legend panel below it
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    assert trace["system"] == "system2" and trace["roi"] is not None and trace["latency"]
+    assert f"trace: {tmp_path / 'trace.json'}" in out.out
+    overlay = tmp_path / "png" / "x_What_pattern_is_on_the_blue_object.png"
+    assert overlay.is_file() and not (tmp_path / "png" / "0.png").exists()
+    legend = Image.open(overlay)
+    assert legend.width == 448 and legend.height > 336 + 12 * 5  # question, decision, ROI, answer, time
+    panel = np.asarray(legend.convert("RGB"))[340:].astype(int)
+    yellow = (panel[..., 0] > 180) & (panel[..., 1] > 160) & (panel[..., 2] < 90)
+    assert yellow.any()  # the ROI line, in the ROI box's colour
     with pytest.raises(SystemExit):
         fast_main(["--image", str(image), "--base", "b", "--switch", "s"])  # no --question

@@ -18,7 +18,7 @@ from swillava.resampler import (
 
 
 def _expected_seal_keys() -> dict[str, tuple[int, ...]]:
-    """model.mm_projector_object.* sub-keys of craigwu/seal_vqa_7b (upstream-spec §8), H=4096."""
+    """model.mm_projector_object.* sub-keys of craigwu/seal_vqa_7b (the released checkpoint's key layout), H=4096."""
     keys: dict[str, tuple[int, ...]] = {
         "0.weight": (1024,),
         "0.bias": (1024,),

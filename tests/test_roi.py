@@ -124,7 +124,7 @@ def val(toy_world):
 
 
 def test_stage_two_replays_stage_one_exactly(val, padded_processor, llava, monkeypatch):
-    """§3.4: stage-1 text verbatim as the assistant turn, then the question about the crop."""
+    """Stage-1 text verbatim as the assistant turn, then the question about the crop."""
     rows, _, images_dir = val
     calls = []
     replies = [

@@ -18,7 +18,7 @@ TIED = "prompt_encoder.shared_embedding.positional_embedding"  # HF's second nam
 
 
 def _meta_to_hf(num_blocks: int, decoder_layers: int = 2, mask_tokens: int = 4) -> dict[str, str]:
-    """Inverse naming written by hand: Meta key (upstream-spec §8) -> SamModel key."""
+    """Inverse naming written by hand: Meta key (Meta's segment-anything checkpoint layout) -> SamModel key."""
     wb = ("weight", "bias")
     table = {
         "image_encoder.patch_embed.proj.weight": "vision_encoder.patch_embed.projection.weight",
@@ -227,7 +227,7 @@ def test_wrong_config_reports_shapes(source, tmp_path) -> None:
 def test_presets_match_meta_layout(
     variant: str, width: int, depth: int, heads: int, global_idx: list[int]
 ) -> None:
-    """Full-size skeletons on the meta device: shapes from §8, inferred size, complete key coverage."""
+    """Full-size skeletons on the meta device: shapes of the released checkpoints, inferred size, complete key coverage."""
     with torch.device("meta"):
         model = SamModel(sam_config_for(variant))
     hf_state = model.state_dict()

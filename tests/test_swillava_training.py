@@ -57,8 +57,10 @@ def test_pretrain_then_two_lora_steps_give_a_loadable_switch(tiny_base, toy_worl
          "OBJECT_PROJECTOR": str(object_file), "LR": "1e-2", "MM_PROJECTOR_LR": "1e-2", "LORA_R": "8", "LORA_ALPHA": "16"},
         tmp_path / "lora.log",
     )  # fmt: skip
-    assert "'loss'" in log and "zero3.json" in log  # FaST's ZeRO-3 default
+    assert "'loss'" in log
     assert (out / "checkpoint-2" / "swillava_config.json").exists()
+    run = json.loads((out / "checkpoint-2" / "swillava_train_config.json").read_text())
+    assert run["training"]["deepspeed"].endswith("zero3.json")  # FaST's ZeRO-3 default
     adapter = SwitchAdapter.from_pretrained(out, max_new_tokens=3)
     trained = adapter.model.object_projector.state_dict()
     start = load_file(object_file)

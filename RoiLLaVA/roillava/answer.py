@@ -27,7 +27,7 @@ from tqdm import tqdm
 from transformers import StaticCache
 
 from .conversation import IMAGE_PLACEHOLDER, conversation_segments, get_template, tokenize_segments
-from .data import image_seq_length, load_json_records, open_image
+from .data import image_seq_length, open_image
 from .model import BITS_HELP, DTYPE_CHOICES, DTYPE_HELP, inference_dtype
 
 
@@ -215,26 +215,6 @@ def option_losses(
     return (ce.sum(1) / (targets != -100).sum(1)).tolist()
 
 
-def read_done(answers_file: Path) -> set:
-    """Question ids already answered; a trailing partial line (killed mid-write) is removed."""
-    if not answers_file.exists():
-        return set()
-    raw = answers_file.read_bytes()
-    keep, done = 0, set()
-    for line in raw.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            done.add(json.loads(line)["question_id"])
-        except (json.JSONDecodeError, KeyError):
-            break
-        keep += len(line)
-    if keep != len(raw):
-        with answers_file.open("r+b") as f:
-            f.truncate(keep)
-    return done
-
-
 def chunk(rows: list, num_chunks: int, chunk_idx: int) -> list:
     """LLaVA's split of a question file over GPUs: contiguous, near-equal chunks."""
     if not 0 <= chunk_idx < num_chunks:
@@ -268,10 +248,15 @@ Solver = Callable[[list[dict], Any], list[tuple[str, dict]]]
 Prepare = Callable[[list[dict], list[list]], Any]
 
 
-def _load_batch(batch: list[dict], image_folder: str, prepare: Prepare | None):
+def _load_batch(
+    batch: list[dict], image_folder: str, prepare: Prepare | None, needs_image: bool, where: dict
+):
     """The batch's readable questions, their images (or `prepare`'s result) and the unreadable ones."""
     kept, kept_images, failed = [], [], []
     for q in batch:
+        if needs_image and not q.get("image"):
+            failed.append((q, f"question has no 'image' ({where.get(q['question_id'], 'question file')})"))
+            continue
         try:
             images = [open_image(Path(image_folder) / q["image"])] if q.get("image") else []
         except (FileNotFoundError, OSError) as e:
@@ -296,41 +281,57 @@ def run_questions(
     progress: bool = True,
     error_metadata: dict | None = None,
     prepare: Prepare | None = None,
+    settings: dict | None = None,
+    needs_image: bool = False,
 ) -> dict:
     """The resumable loop shared by every answerer: chunk, skip answered, batch, append, time.
 
-    A question whose image cannot be read gets an empty answer with `metadata.error` (plus
-    `error_metadata`), so it is counted rather than silently dropped or fatal. The next batch's
-    images are read (and `prepare`d) in a background thread while the model answers this one, as
-    LLaVA's evaluation does with DataLoader workers: decoding and resizing images is host work the
-    model need not wait for.
+    Questions are read and answers written with `eval.qa_files` (one policy for every runner: bad
+    records fail naming file:line, an exclusive lock on the answers file, and each answer stored with
+    the fingerprint of its question, image, model and `settings`, so a rerun redoes changed questions
+    instead of reusing their old answers). A question whose image cannot be read (or that has none
+    when `needs_image`) gets an empty answer with `metadata.error` (plus `error_metadata`), so it is
+    counted rather than silently dropped or fatal. The next batch's images are read (and `prepare`d)
+    in a background thread while the model answers this one, as LLaVA's evaluation does with
+    DataLoader workers: decoding and resizing images is host work the model need not wait for.
     """
-    questions = chunk(load_json_records(question_file), num_chunks, chunk_idx)
-    out = Path(answers_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = read_done(out)
-    todo = [q for q in questions if q["question_id"] not in done]
+    from eval.qa_files import AnswersFile, fingerprints, read_questions
+
+    all_questions = read_questions(question_file)
+    questions = chunk(all_questions, num_chunks, chunk_idx)
+    settings = {"model_id": model_id, **(settings or {})}
+    expected = fingerprints(questions, image_folder, settings)
     start, n_missing_images = time.perf_counter(), 0
-    # Similar prompts batched together waste less padding (answers are keyed by id, order is free).
-    by_length = sorted(todo, key=lambda q: (bool(q.get("image")), len(q.get("text", ""))))
-    batches = list(batched(by_length, batch_size))
-    with ThreadPoolExecutor(max_workers=1) as loader:
-        ahead = loader.submit(_load_batch, batches[0], image_folder, prepare) if batches else None
-        for k in tqdm(range(len(batches)), desc="answering", disable=not progress):
-            kept, payload, failed = ahead.result()
-            if k + 1 < len(batches):
-                ahead = loader.submit(_load_batch, batches[k + 1], image_folder, prepare)
-            for q, error in failed:
-                n_missing_images += 1
-                append_lines(out, [_answer_row(q, "", model_id, {**(error_metadata or {}), "error": error})])
-            if kept:
-                results = solve(kept, payload)
-                append_lines(out, [_answer_row(q, t, model_id, m) for q, (t, m) in zip(kept, results)])
+    with AnswersFile(answers_file, expected, quiet=not progress) as answers:
+        todo = [q for q in questions if q["question_id"] not in answers.done]
+        # Similar prompts batched together waste less padding (answers are keyed by id, order is free).
+        by_length = sorted(todo, key=lambda q: (bool(q.get("image")), len(q.get("text", ""))))
+        batches = list(batched(by_length, batch_size))
+        load = (image_folder, prepare, needs_image, all_questions.where)
+        with ThreadPoolExecutor(max_workers=1) as loader:
+            ahead = loader.submit(_load_batch, batches[0], *load) if batches else None
+            bar = tqdm(total=len(todo), desc="answering", unit="q", disable=not progress)
+            for k in range(len(batches)):
+                kept, payload, failed = ahead.result()
+                if k + 1 < len(batches):
+                    ahead = loader.submit(_load_batch, batches[k + 1], *load)
+                for q, error in failed:
+                    n_missing_images += 1
+                    meta = {**(error_metadata or {}), "error": error}
+                    answers.append([_answer_row(q, "", model_id, meta)])
+                if kept:
+                    results = solve(kept, payload)
+                    answers.append([_answer_row(q, t, model_id, m) for q, (t, m) in zip(kept, results)])
+                bar.update(len(batches[k]))
+            bar.close()
+        redone = answers.redone
     seconds = time.perf_counter() - start
     return {
         "questions": len(questions),
         "answered_now": len(todo),
         "resumed": len(questions) - len(todo),
+        "redone": redone,
+        "text_only": sum(not q.get("image") for q in questions),
         "missing_images": n_missing_images,
         "seconds": seconds,
         "sec_per_question": seconds / max(1, len(todo)),
@@ -351,8 +352,12 @@ def answer_file(
     num_chunks: int = 1,
     chunk_idx: int = 0,
     progress: bool = True,
+    model_signature: str | None = None,
 ) -> dict:
-    """Answer every not-yet-answered question of `question_file`; returns counts and timing."""
+    """Answer every not-yet-answered question of `question_file`; returns counts and timing.
+
+    `model_signature` (`eval.qa_files.model_signature` of the checkpoint paths) goes into each answer's
+    fingerprint, so answers of other weights are not reused on a rerun."""
     prefix_cache = PrefixCache()
 
     def preprocess(rows: list[dict], images: list[list]) -> tuple[list[list], torch.Tensor | None]:
@@ -385,7 +390,10 @@ def answer_file(
         chunk_idx=chunk_idx,
         progress=progress,
         prepare=preprocess,
-    )
+        settings={
+            "runner": "answer", "model": model_signature, "template": template, "max_new_tokens": max_new_tokens
+        },
+    )  # fmt: skip
 
 
 def _answer_row(q: dict, text: str, model_id: str, metadata: dict) -> dict:
@@ -411,7 +419,14 @@ def load_for_inference(
 
     A 16-bit adapter is merged into the base (one plain model, no LoRA overhead per step); on a 4/8-bit
     base it stays a separate peft layer, since merging into quantised weights would round the update away.
+    The directories are checked first (`eval.checks`): a damaged one fails in seconds naming the file,
+    instead of a loader that can grow without bound on a directory with no config.
     """
+    from eval.checks import check_checkpoint
+
+    check_checkpoint(model_base, "model_base")
+    check_checkpoint(model_path, "model_path", check_base=model_base is None)
+
     from .model import llava_processor, load_base
 
     adapter_cfg = Path(model_path) / "adapter_config.json"
@@ -452,7 +467,32 @@ def add_answer_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
     p.add_argument("--bits", type=int, choices=(4, 8, 16), default=16, help=BITS_HELP)
+    p.add_argument("--verbose", action="store_true", help="keep the libraries' log chatter (FAST_VERBOSE=1)")
     return p
+
+
+def check_answer_args(args: argparse.Namespace) -> None:
+    """Every input of an answerer, checked before the model loads (seconds; one line naming the file):
+    the question file (every record), the image folder, the checkpoint(s) and the answers file's lock."""
+    from eval.checks import check_checkpoint, check_dir
+    from eval.qa_files import AnswersFile, read_questions
+
+    questions = read_questions(args.question_file)
+    if any(q.get("image") for q in questions):
+        check_dir(args.image_folder or ".", "--image-folder")
+    if args.model_base:
+        check_checkpoint(args.model_base, "--model-base")
+    check_checkpoint(args.model_path, "--model-path", check_base=not args.model_base)
+    with AnswersFile(args.answers_file, {}, quiet=True):
+        pass  # fails at once if another run is writing it
+
+
+def answer_errors() -> tuple[type[BaseException], ...]:
+    """The errors an answerer reports as one line (bad inputs), not as a traceback."""
+    from eval.checks import InputError
+    from eval.qa_files import AnswersBusy, QuestionFileError
+
+    return (InputError, QuestionFileError, AnswersBusy, FileNotFoundError)
 
 
 def load_from_args(args: argparse.Namespace):
@@ -468,6 +508,15 @@ def load_from_args(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     args = add_answer_args(p).parse_args(argv)
+    from eval.checks import fail
+    from eval.logs import quiet_third_party
+    from eval.qa_files import model_signature
+
+    quiet_third_party(args.verbose or None)
+    try:
+        check_answer_args(args)
+    except answer_errors() as e:
+        raise fail(e) from None
     model, processor = load_from_args(args)
     summary = answer_file(
         model,
@@ -481,6 +530,7 @@ def main(argv: list[str] | None = None) -> None:
         model_id=Path(args.model_path).name,
         num_chunks=args.num_chunks,
         chunk_idx=args.chunk_idx,
+        model_signature=model_signature(args.model_path, args.model_base),
     )
     print(json.dumps(summary))
 

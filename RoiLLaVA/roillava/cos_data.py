@@ -21,7 +21,7 @@ the trainer at each epoch start (`set_epoch`). Chain-of-Spot draws k unseeded on
 gives a fresh draw per epoch and the same draws on a rerun or a resume, whatever the loader
 workers do.
 
-Fallbacks (§3.2 semantics, counted): a record with an image but no ROI key for the chosen question
+Fallbacks: a record with an image but no ROI key for the chosen question
 is trained with the full image as crop and the answer `[0.0, 0.0, 1.0, 1.0]`; a text-only record
 has nothing to look at and is trained as the plain LLaVA conversation. `summary()` reports both,
 counted over the whole file at construction (exact) and as served by this process. A malformed
@@ -64,7 +64,9 @@ def load_roi_file(path: str | Path) -> dict[str, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"Chain-of-Spot ROI file not found: {path}")
     try:
-        data = json.loads(path.read_text())
+        from eval.checks import read_utf8
+
+        data = json.loads(read_utf8(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid JSON: {e}") from None
     if not isinstance(data, dict):

@@ -30,7 +30,9 @@ def load_json_records(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    text = path.read_text()
+    from eval.checks import read_utf8
+
+    text = read_utf8(path)
     if path.suffix == ".jsonl":
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -50,13 +52,15 @@ def load_json_records(path: str | Path) -> list[dict]:
 
 
 def open_image(path: Path) -> Image.Image:
-    """RGB image; a missing or unreadable file raises an error naming it."""
+    """8-bit RGB image (any PIL mode, EXIF orientation applied: `eval.images`); a missing or unreadable
+    file raises an error naming it."""
+    from eval.images import open_rgb
+
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        return open_rgb(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path}") from None
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise OSError(f"unreadable image {path}: {e}") from None
 
 

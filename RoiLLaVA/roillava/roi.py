@@ -27,6 +27,7 @@ answer's metadata; nothing is swallowed by a bare `except`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -279,6 +280,7 @@ def roi_answer_file(
     num_chunks: int = 1,
     chunk_idx: int = 0,
     progress: bool = True,
+    model_signature: str | None = None,
 ) -> dict:
     """The System-1 answerer's resumable loop with the two-stage solver; adds the fallback count."""
 
@@ -300,6 +302,8 @@ def roi_answer_file(
         chunk_idx=chunk_idx,
         progress=progress,
         error_metadata={"roi_box": None, "roi_text": None, "fallback": "image error"},
+        settings={"runner": "roi_answer", "model": model_signature, "config": dataclasses.asdict(config)},
+        needs_image=True,
     )
     return {**summary, **fallback_counts(answers_file)}
 

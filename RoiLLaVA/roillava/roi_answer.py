@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .answer import add_answer_args, load_from_args
+from .answer import add_answer_args, answer_errors, check_answer_args, load_from_args
 from .roi import DEFAULT_MIN_SIDE, ROI_WORDINGS, RoiConfig, resolve_roi_wording, roi_answer_file
 
 
@@ -37,6 +37,15 @@ def main(argv: list[str] | None = None) -> None:
         roi_max_new_tokens=args.roi_max_new_tokens,
         max_new_tokens=args.max_new_tokens,
     )
+    from eval.checks import fail
+    from eval.logs import quiet_third_party
+    from eval.qa_files import model_signature
+
+    quiet_third_party(args.verbose or None)
+    try:
+        check_answer_args(args)
+    except answer_errors() as e:
+        raise fail(e) from None
     model, processor = load_from_args(args)
     summary = roi_answer_file(
         model,
@@ -49,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         model_id=Path(args.model_path).name,
         num_chunks=args.num_chunks,
         chunk_idx=args.chunk_idx,
+        model_signature=model_signature(args.model_path, args.model_base),
     )
     print(json.dumps(summary))
 

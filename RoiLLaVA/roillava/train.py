@@ -26,7 +26,12 @@ from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from .cos_data import ChainOfSpotDataset
-from .data import DataCollatorForSupervisedDataset, LazySupervisedDataset, ModalityLengthGroupedSampler
+from .data import (
+    DataCollatorForSupervisedDataset,
+    LazySupervisedDataset,
+    ModalityLengthGroupedSampler,
+    load_json_records,
+)
 from .model import (
     PROJECTOR,
     add_lora,
@@ -271,6 +276,21 @@ def build_dataset(cls, model_args, data_args, training_args, processor, model_co
     )
 
 
+def dataset_choice(dataset_cls, dataset_kwargs, data_args: DataArguments, training_args) -> tuple:
+    """The dataset class and its extra arguments: `--roi_data_path` selects Chain-of-Spot's."""
+    if not data_args.roi_data_path:
+        return dataset_cls, dict(dataset_kwargs or {})
+    if dataset_cls is not LazySupervisedDataset:
+        raise ValueError(f"--roi_data_path selects ChainOfSpotDataset; got dataset_cls={dataset_cls}")
+    kwargs = {
+        "roi_data_path": data_args.roi_data_path,
+        "wording": data_args.roi_wording,
+        "seed": training_args.seed,
+        **(dataset_kwargs or {}),
+    }
+    return ChainOfSpotDataset, kwargs
+
+
 def load_processor(model_args: ModelArguments, data_args: DataArguments):
     return llava_processor(model_args.model_name_or_path, data_args.image_aspect_ratio)
 
@@ -289,16 +309,74 @@ def remove_shm_buffer_at_exit() -> None:
     atexit.register(Path("/dev/shm", name).unlink, missing_ok=True)
 
 
+def check_train_inputs(model_args: ModelArguments, data_args: DataArguments) -> None:
+    """Every input checked in seconds, before any model loads; a bad one exits with one line naming it:
+    the base (a complete checkpoint, or a hub id that can be fetched), the data and ROI files, the image
+    folder and every record's image, the projector to start from."""
+    from eval.checks import InputError, check_checkpoint, check_dir, check_file, check_record_images, fail
+
+    try:
+        check_checkpoint(model_args.model_name_or_path, "--model_name_or_path")
+        check_file(data_args.data_path, "--data_path")
+        check_dir(data_args.image_folder, "--image_folder")
+        if data_args.roi_data_path:
+            check_file(data_args.roi_data_path, "--roi_data_path")
+        if model_args.pretrain_mm_mlp_adapter:
+            check_checkpoint(model_args.pretrain_mm_mlp_adapter, "--pretrain_mm_mlp_adapter")
+        records = load_json_records(data_args.data_path)
+        check_record_images(
+            records,
+            data_args.image_folder,
+            data_args.data_path,
+            strict=not (data_args.skip_bad_records or data_args.dry_run),
+        )
+    except (InputError, ValueError, FileNotFoundError) as e:
+        raise fail(e) from None
+
+
+def dry_run(dataset) -> None:
+    """Build every example (tokens and images) without model weights; report every bad record; exit 1 if any."""
+    from eval.checks import scan_records
+
+    report = {**scan_records(len(dataset), dataset.example, what=str(dataset.data_path)), **dataset.summary()}
+    print(json.dumps(report))
+    if report["bad_records"]:
+        raise SystemExit(1)
+
+
 def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, dataset_kwargs=None) -> None:
+    from eval.checks import parse_training_args
+
     remove_shm_buffer_at_exit()
+    # Inputs first: TrainingArguments sets up DeepSpeed (on a CPU it may compile an op for minutes).
+    if not {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv):
+        model_args, data_args, _ = HfArgumentParser(
+            (ModelArguments, DataArguments), add_help=False
+        ).parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        check_train_inputs(model_args, data_args)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, training_args = parse_training_args(parser, argv)
+    from eval.logs import quiet_third_party
+
+    quiet_third_party()  # DeepSpeed, imported by now, resets its logger's level on import
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     if training_args.bits in (4, 8) and not (training_args.lora_enable or model_args.tune_mm_mlp_adapter):
         raise ValueError(
             f"--bits {training_args.bits} quantises the language model: it needs --lora_enable True"
         )
     processor = load_processor(model_args, data_args)
+    if (
+        data_args.dry_run
+    ):  # the model's config, not its weights: the dataset needs only its token ids and sizes
+        from transformers import AutoConfig
+
+        model_config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+        dataset_cls, dataset_kwargs = dataset_choice(dataset_cls, dataset_kwargs, data_args, training_args)
+        return dry_run(
+            build_dataset(
+                dataset_cls, model_args, data_args, training_args, processor, model_config, **dataset_kwargs
+            )
+        )
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     model = load_base(
         model_args.model_name_or_path,
@@ -307,26 +385,13 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
         bits=training_args.bits,
     )
     model.config.use_cache = False
+    dataset_cls, dataset_kwargs = dataset_choice(dataset_cls, dataset_kwargs, data_args, training_args)
     if data_args.roi_data_path:
-        if dataset_cls is not LazySupervisedDataset:
-            raise ValueError(f"--roi_data_path selects ChainOfSpotDataset; got dataset_cls={dataset_cls}")
-        dataset_cls = ChainOfSpotDataset
         # Recorded in the model's config.json too, so a full fine-tune or a merged copy is asked as trained.
         model.config.roi_wording = data_args.roi_wording
-        dataset_kwargs = {
-            "roi_data_path": data_args.roi_data_path,
-            "wording": data_args.roi_wording,
-            "seed": training_args.seed,
-            **(dataset_kwargs or {}),
-        }
     dataset = build_dataset(
-        dataset_cls, model_args, data_args, training_args, processor, model.config, **(dataset_kwargs or {})
+        dataset_cls, model_args, data_args, training_args, processor, model.config, **dataset_kwargs
     )
-    if data_args.dry_run:
-        for i in range(len(dataset)):
-            dataset[i]
-        print(json.dumps(dataset.summary()))
-        return
     if model_args.pretrain_mm_mlp_adapter:
         load_projector(model, model_args.pretrain_mm_mlp_adapter)
     freeze_for_stage(

@@ -9,3 +9,7 @@ from pathlib import Path
 _REPO = Path(__file__).resolve().parents[2]
 if (_REPO / "eval" / "metrics.py").is_file() and str(_REPO) not in sys.path:
     sys.path.append(str(_REPO))
+
+from eval.logs import quiet_third_party  # noqa: E402
+
+quiet_third_party()

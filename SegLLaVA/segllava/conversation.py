@@ -24,7 +24,7 @@ LLAVA_V1_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
 
-# LISA's templates (upstream-spec §4.3), protocol literals.
+# LISA's templates, protocol literals.
 SHORT_QUESTION_LIST = (
     IMAGE_PLACEHOLDER + "\nCan you segment the {class_name} in this image?",
     IMAGE_PLACEHOLDER + "\nPlease segment the {class_name} in this image.",

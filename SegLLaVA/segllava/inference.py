@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from eval.images import to_rgb
+
 from .conversation import IMAGE_PLACEHOLDER, conversation_segments, tokenize_segments
 from .model import SegLLaVA, SegResult
 
@@ -37,9 +39,7 @@ def left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
 
 
 def clip_pixels(seg: SegLLaVA, processor, images: Sequence[Image.Image]) -> torch.Tensor:
-    pixels = processor.image_processor([im.convert("RGB") for im in images], return_tensors="pt")[
-        "pixel_values"
-    ]
+    pixels = processor.image_processor([to_rgb(im) for im in images], return_tensors="pt")["pixel_values"]
     return pixels.to(device=seg.core.device, dtype=seg.core.dtype)
 
 
@@ -123,7 +123,7 @@ def clean_answer(text: str, tok) -> str:
 
 def overlay(image: Image.Image, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.5) -> Image.Image:
     """The image with `mask` tinted in `color` (LISA's chat shows the same red overlay)."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    rgb = np.asarray(to_rgb(image), dtype=np.float32)
     m = mask.astype(bool)[..., None]
     tinted = np.where(m, rgb * (1 - alpha) + np.asarray(color, np.float32) * alpha, rgb)
     return Image.fromarray(tinted.round().astype(np.uint8))

@@ -1,4 +1,4 @@
-"""LISA's mask losses (upstream-spec §4.1): per-mask BCE and scaled Dice, averaged over every mask in the batch."""
+"""LISA's mask losses: per-mask BCE and scaled Dice, averaged over every mask in the batch."""
 
 from __future__ import annotations
 

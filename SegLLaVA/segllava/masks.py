@@ -25,18 +25,21 @@ class DataError(ValueError):
 
 
 def open_rgb(path: str | Path) -> Image.Image:
+    """8-bit RGB (any PIL mode, EXIF orientation applied, as OpenCV's imread does: `eval.images`)."""
+    from eval.images import open_rgb as open_any
+
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return open_any(path)
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read image ({e})") from None
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the file header, without decoding the pixels (the dataset decodes them once)."""
+    from eval.images import oriented_size
+
     try:
-        with Image.open(path) as im:
-            return im.size
+        return oriented_size(path)
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read image ({e})") from None
 

@@ -1,7 +1,7 @@
 """SegLLaVA: a llava-hf `LlavaForConditionalGeneration`, a transformers `SamModel` and LISA's `[SEG]` head, composed.
 
 The language model answers with `[SEG]` tokens; the last-layer hidden state that predicts each `[SEG]`
-(LISA's choice, upstream-spec §4.1) goes through `text_hidden_fcs` (H -> H -> SAM prompt width) into SAM's
+(LISA's choice) goes through `text_hidden_fcs` (H -> H -> SAM prompt width) into SAM's
 mask decoder as a sparse prompt, next to the dense `no_mask_embed`; the decoder's first mask, post-processed
 to the original image size, is the answer. `[SEG]` positions are read from the token ids of the expanded
 sequence (llava-hf puts one image token per feature row), so any number of images and `[SEG]` tokens per row,
@@ -21,7 +21,6 @@ Public API (what the composed agent calls; see also `SegLLaVA.from_pretrained`):
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -67,7 +66,13 @@ class SegConfig:
     weights: str = "lora"
 
     def save(self, directory: str | Path) -> None:
-        (Path(directory) / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=1))
+        """Local paths are written relative to the checkpoint, so it can move together with them."""
+        from eval.checks import relative_to_checkpoint
+
+        data = asdict(self)
+        for key in ("base_model", "vision_pretrained", "sam_config"):
+            data[key] = relative_to_checkpoint(directory, data[key])
+        (Path(directory) / CONFIG_FILE).write_text(json.dumps(data, indent=1))
 
     @classmethod
     def load(cls, directory: str | Path) -> SegConfig:
@@ -141,12 +146,12 @@ def build_text_hidden_fcs(hidden_size: int, out_dim: int) -> nn.ModuleList:
     )
 
 
-def _resolve(directory: Path, path: str) -> str:
-    """A relative path in the config is relative to the checkpoint directory; anything else (a hub id) stays."""
-    if not path or os.path.isabs(path):
-        return path
-    candidate = directory / path
-    return str(candidate) if candidate.exists() else path
+def _resolve(directory: Path, path: str, field: str = "a path") -> str:
+    """A relative path in the config is relative to the checkpoint directory; a hub id stays; a local path
+    that does not exist is an error naming the config and the field."""
+    from eval.checks import resolve_in_checkpoint
+
+    return resolve_in_checkpoint(directory, path, f"{CONFIG_FILE}:{field}")
 
 
 class SegLLaVA(nn.Module):
@@ -467,7 +472,10 @@ class SegLLaVA(nn.Module):
             shared = llava is not None
             if llava is None:
                 llava = load_llava_for_inference(
-                    _resolve(directory, config.base_model), device=device, dtype=dtype, bits=bits
+                    _resolve(directory, config.base_model, "base_model"),
+                    device=device,
+                    dtype=dtype,
+                    bits=bits,
                 )
             ensure_seg_tokens(processor.tokenizer, unwrap_llava(llava), config.use_mm_start_end)
             if isinstance(llava, PeftModel):
@@ -482,10 +490,11 @@ class SegLLaVA(nn.Module):
             sam_path = (
                 directory / SAM_SUBDIR
                 if config.weights == "full"
-                else _resolve(directory, config.vision_pretrained)
+                else _resolve(directory, config.vision_pretrained, "vision_pretrained")
             )
             sam = load_sam_with_config(
-                str(sam_path), _resolve(directory, config.sam_config) if config.weights != "full" else ""
+                str(sam_path),
+                _resolve(directory, config.sam_config, "sam_config") if config.weights != "full" else "",
             )
         seg = build_seg_llava(llava, sam, processor.tokenizer, config)
         if (directory / HEADS_FILE).is_file():

@@ -1,4 +1,4 @@
-"""SAM's image preprocessing and mask post-processing, as LISA does them (upstream-spec §4.1, §4.3).
+"""SAM's image preprocessing and mask post-processing, as LISA does them.
 
 Preprocessing: RGB uint8 -> longest side = SAM's input size (1024 for Meta's SAM; the SamConfig's
 ``vision_config.image_size`` in general), PIL bilinear with ``int(x + 0.5)`` rounding -> normalise with
@@ -41,7 +41,9 @@ def sam_preprocess(image: Image.Image | np.ndarray, image_size: int) -> SamImage
     """Resize the longest side to `image_size`, normalise, zero-pad to `image_size`²."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    image = image.convert("RGB")
+    from eval.images import to_rgb
+
+    image = to_rgb(image)
     width, height = image.size
     new_h, new_w = resized_longest_side(height, width, image_size)
     resized = torch.from_numpy(np.array(image.resize((new_w, new_h), Image.BILINEAR))).permute(2, 0, 1)

@@ -1,4 +1,4 @@
-"""LISA's four data families, each read from its real layout under `--dataset_dir` (upstream-spec §4.3).
+"""LISA's four data families, each read from its real layout under `--dataset_dir`.
 
 Each source indexes its files once at start-up (so a bad file fails the run early) and draws one `Sample` per
 call: an image, single-turn (or, for VQA, multi-turn) conversations with LISA's prompt and answer templates,

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -188,6 +189,51 @@ def check_args(args: SegTrainArgs) -> None:
         raise ValueError(
             f"--dataset names {len(args.datasets())} families but --sample_rates has {len(args.rates())}"
         )
+
+
+def check_seg_inputs(args: SegTrainArgs) -> None:
+    """Every input checked in seconds, before any model loads; a bad one exits with one line naming it.
+    bf16 where this machine cannot train in it falls back to fp32 with a notice."""
+    from eval.checks import BF16_NOTICE, InputError, bf16_usable, check_checkpoint, check_dir, fail
+
+    try:
+        check_checkpoint(args.version, "--version")
+        check_checkpoint(args.vision_pretrained, "--vision_pretrained")
+        if args.sam_config:
+            check_checkpoint(args.sam_config, "--sam_config")
+        here = Path.cwd().name == "SegLLaVA" and Path("../dataset").is_dir()
+        check_dir(
+            args.dataset_dir,
+            "--dataset_dir",
+            hint="from SegLLaVA/ the repository's is ../dataset" if here else "",
+        )
+    except InputError as e:
+        raise fail(e) from None
+    if args.precision == "bf16" and not bf16_usable(getattr(args, "use_cpu", False)):
+        print(
+            BF16_NOTICE.replace(
+                "BF16=False for the scripts; on a CPU, --use_cpu True keeps bf16", "--precision fp32"
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
+        args.precision = "fp32"
+
+
+def read_data(args: SegTrainArgs) -> tuple[list | None, list]:
+    """The training sources and the validation items, read before the model (errors exit in one line)."""
+    from eval.checks import fail
+
+    try:
+        sources = None if args.eval_only else build_sources(args)
+        items = (
+            val_items(Path(args.dataset_dir), args.val_dataset)
+            if (args.eval_only or not args.no_eval)
+            else []
+        )
+    except (ValueError, OSError) as e:
+        raise fail(e) from None
+    return sources, items
 
 
 def build_sources(args: SegTrainArgs) -> list:
@@ -420,17 +466,20 @@ def train(argv: list[str] | None = None) -> None:
         )
     # TensorBoard events go straight into the run directory, as LISA's do.
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(args.output_dir))
+    check_seg_inputs(args)
+    # The data is read before the model: a missing file shows up in seconds, not after a 7B load.
+    modes = ("teacher", "generate") if args.eval_mode == "both" else (args.eval_mode,)
+    sources, items = read_data(args)
     hf_args = training_arguments(args)  # first: it sets up the distributed environment DeepSpeed needs
+    from eval.logs import quiet_third_party
+
+    quiet_third_party()  # DeepSpeed, imported by now, resets its logger's level on import
     seg, processor, new_ids = build_model(args)
     set_trainable(seg, args, new_ids)
     n_train = sum(p.numel() for p in seg.parameters() if p.requires_grad)
     logger.info("trainable parameters: %d (SAM parts: %s)", n_train, seg.seg_config.sam_trained)
     logger.info("DeepSpeed config: %s", args.deepspeed or "none")
 
-    modes = ("teacher", "generate") if args.eval_mode == "both" else (args.eval_mode,)
-    items = (
-        val_items(Path(args.dataset_dir), args.val_dataset) if (args.eval_only or not args.no_eval) else []
-    )
     run_config = {"args": asdict(args), "segllava": asdict(seg.seg_config)}
     out = args.output_dir
     last = args.resume or (get_last_checkpoint(str(out)) if args.auto_resume and out.is_dir() else None)
@@ -445,7 +494,7 @@ def train(argv: list[str] | None = None) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     length = args.batch_size * args.grad_accumulation_steps * args.steps_per_epoch * world
     dataset = HybridDataset(
-        build_sources(args),
+        sources,
         args.rates(),
         length,
         tokenizer=processor.tokenizer,

@@ -1,4 +1,4 @@
-"""gIoU / cIoU on a validation split, as LISA computes them (`eval/metrics.py`, upstream-spec §4.5).
+"""gIoU / cIoU on a validation split, as LISA computes them (`eval/metrics.py`).
 
 Two modes: "teacher" feeds LISA's validation answer `"[SEG]."` (LISA's only mode); "generate" decodes the
 answer greedily and uses the first `[SEG]` it emits (none: an empty mask). A prediction is the mask logit
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from eval.metrics import intersection_union, seg_giou_ciou
 
@@ -58,12 +59,14 @@ def evaluate(
     batch_size: int = 8,
     max_new_tokens: int = 32,
     predictions: str | Path | None = None,
+    progress: bool = True,
 ) -> dict:
-    """Metrics of `seg` on `items` in one mode; optionally write one JSON line per item."""
+    """Metrics of `seg` on `items` in one mode (a progress bar per item); optionally write one JSON line per item."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     preds, gts, metas, rows = [], [], [], []
     start = time.perf_counter()
+    bar = tqdm(total=len(items), desc=f"seg validation ({mode})", unit="item", disable=not progress)
     for batch in _batched(items, batch_size):
         images = [open_rgb(it.image_path) for it in batch]
         questions = [it.question for it in batch]
@@ -86,6 +89,8 @@ def evaluate(
                 {"image": it.image_path, "question": it.question, "text": text, "has_seg": mask is not None,
                  "intersection": inter, "union": union, **it.meta}
             )  # fmt: skip
+        bar.update(len(batch))
+    bar.close()
     metrics = split_metrics(preds, gts, metas)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
     metrics["no_seg"] = sum(not r["has_seg"] for r in rows)
@@ -125,9 +130,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="write the metrics JSON here")
     p.add_argument("--predictions", default=None, help="write per-item JSONL (raw text, I, U) here")
     args = p.parse_args(argv)
+    from eval.checks import InputError, check_checkpoint, check_dir, fail
+
+    try:  # every input before the model loads: one line naming the bad one
+        check_checkpoint(args.model, "--model", check_base=False)
+        check_dir(args.dataset_dir, "--dataset_dir")
+        items = val_items(Path(args.dataset_dir), args.val_dataset)
+    except (InputError, ValueError, OSError) as e:
+        raise fail(e) from None
     dtype = inference_dtype(args.precision or args.dtype, args.device)
     seg = SegLLaVA.from_pretrained(args.model, dtype=dtype, device=args.device, bits=args.bits)
-    items = val_items(Path(args.dataset_dir), args.val_dataset)
     if args.limit:
         items = items[: args.limit]
     modes = list(MODES) if args.mode == "both" else [args.mode]

@@ -2,7 +2,7 @@
 
 `--data_path` is a SEAL data folder, or one JSON file (e.g. captions for projector alignment). In a
 folder holding SEAL's files (`craigwu/seal_vqa_data`) they are read in SEAL's order, the spatial file
-twice (§2.2); any other folder is read as every `*.json` in sorted name order.
+twice; any other folder is read as every `*.json` in sorted name order.
 
 A record is LLaVA's `{"image", "conversations"}` plus, optionally, `"target_instances":
 [{"name", "bbox": [x, y, w, h]}]` and `"search"`. The objects are used (cropped and shown) when the
@@ -70,7 +70,9 @@ def data_files(data_path: str | Path) -> list[Path]:
 
 def load_json_records(path: Path) -> list[dict]:
     """A JSON list (or JSONL) of records; a parse error names the file (and line for JSONL)."""
-    text = path.read_text()
+    from eval.checks import read_utf8
+
+    text = read_utf8(path)
     if path.suffix == ".jsonl":
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -90,13 +92,15 @@ def load_json_records(path: Path) -> list[dict]:
 
 
 def open_image(path: Path) -> Image.Image:
-    """RGB image; a missing or unreadable file raises an error naming it."""
+    """8-bit RGB image (any PIL mode, EXIF orientation applied: `eval.images`); a missing or unreadable
+    file raises an error naming it."""
+    from eval.images import open_rgb
+
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        return open_rgb(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path}") from None
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise OSError(f"unreadable image {path}: {e}") from None
 
 

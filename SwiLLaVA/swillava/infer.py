@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from .conversation import (
     IMAGE_PLACEHOLDER,
@@ -147,7 +148,9 @@ class SwitchAdapter:
         """
         if OBJECT_PLACEHOLDER in question:
             raise ValueError(f"the question contains {OBJECT_PLACEHOLDER}; pass objects as (name, box) pairs")
-        image = image.convert("RGB")
+        from eval.images import to_rgb
+
+        image = to_rgb(image)
         width, height = image.size
         instances = []
         for k, (name, box) in enumerate(objects):
@@ -328,35 +331,72 @@ def _batched(items: list, n: int) -> list[list]:
 
 
 def answer_questions(
-    adapter: SwitchAdapter, question_file: str, image_folder: str, answers_file: str, *, batch_size: int = 8
+    adapter: SwitchAdapter,
+    question_file: str,
+    image_folder: str,
+    answers_file: str,
+    *,
+    batch_size: int = 8,
+    model_signature: str | None = None,
+    progress: bool = True,
 ) -> dict:
-    """Switch decisions for LLaVA question JSONL, written as LLaVA answer JSONL plus the decision."""
-    questions = load_json_records(Path(question_file))
-    out = Path(answers_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Switch decisions for LLaVA question JSONL, written as LLaVA answer JSONL plus the decision.
+
+    Questions and answers go through `eval.qa_files` like every runner's: bad records fail naming
+    file:line, the answers file is locked, a rerun resumes and redoes questions that changed, and a
+    question whose image is missing or unreadable gets `metadata.error` instead of stopping the run.
+    """
+    from eval.qa_files import AnswersFile, fingerprints, read_questions
+
+    questions = read_questions(question_file)
+    settings = {
+        "runner": "swillava.answer",
+        "model": model_signature,
+        "max_new_tokens": adapter.max_new_tokens,
+    }
+    expected = fingerprints(questions, image_folder, settings)
     start = time.perf_counter()
-    with out.open("w") as f:
-        for batch in _batched(questions, batch_size):
-            decisions = adapter.decide_batch(
-                [(open_image(Path(image_folder) / q["image"]), q["text"]) for q in batch]
-            )
-            for q, d in zip(batch, decisions):
-                row = {
-                    "question_id": q["question_id"],
-                    "prompt": q["text"],
-                    "text": d.text,
-                    "needs_system2": d.needs_system2,
-                    "missing_objects": d.missing_objects,
-                    "answer_id": uuid.uuid4().hex,
-                    "model_id": "swillava",
-                    "metadata": {},
-                }
-                f.write(json.dumps(row) + "\n")
+    with AnswersFile(answers_file, expected, quiet=not progress) as answers:
+        todo = [q for q in questions if q["question_id"] not in answers.done]
+        bar = tqdm(total=len(todo), desc="switch", unit="q", disable=not progress)
+        for batch in _batched(todo, batch_size):
+            rows, items, errors = [], [], {}
+            for q in batch:
+                try:
+                    if not q.get("image"):
+                        raise FileNotFoundError(
+                            f"question has no 'image' ({questions.where[q['question_id']]})"
+                        )
+                    items.append((q, open_image(Path(image_folder) / q["image"])))
+                except OSError as e:
+                    errors[q["question_id"]] = str(e)
+            decisions = adapter.decide_batch([(im, q["text"]) for q, im in items]) if items else []
+            by_id = {q["question_id"]: d for (q, _), d in zip(items, decisions)}
+            for q in batch:
+                d = by_id.get(q["question_id"])
+                error = errors.get(q["question_id"])
+                rows.append(
+                    {
+                        "question_id": q["question_id"],
+                        "prompt": q["text"],
+                        "text": d.text if d else "",
+                        "needs_system2": d.needs_system2 if d else None,
+                        "missing_objects": d.missing_objects if d else None,
+                        "answer_id": uuid.uuid4().hex,
+                        "model_id": "swillava",
+                        "metadata": {"error": error} if error else {},
+                    }
+                )
+            answers.append(rows)
+            bar.update(len(batch))
+        bar.close()
     seconds = time.perf_counter() - start
     return {
         "questions": len(questions),
+        "answered_now": len(todo),
+        "resumed": len(questions) - len(todo),
         "seconds": seconds,
-        "sec_per_question": seconds / max(1, len(questions)),
+        "sec_per_question": seconds / max(1, len(todo)),
     }
 
 
@@ -368,7 +408,7 @@ def toy_switch_metrics(
     *,
     batch_size: int = 16,
 ) -> dict:
-    """The toy world's switch metrics (issue 3): F1 of "needs System 2" (truth: hard questions), exact
+    """The toy world's switch metrics: F1 of "needs System 2" (truth: hard questions), exact
     object names on System-2 decisions, hard accuracy with the true target as evidence, easy accuracy direct.
     """
     from eval.toy import normalize_short_answer
@@ -459,6 +499,29 @@ def vstar_losses(
     }
 
 
+def check_infer_args(args: argparse.Namespace) -> None:
+    """Every input checked before the model loads; a bad one exits with one line naming it."""
+    from eval.checks import InputError, check_checkpoint, check_dir, check_file, fail
+    from eval.qa_files import AnswersBusy, AnswersFile, QuestionFileError, read_questions
+
+    try:
+        if args.model_base:
+            check_checkpoint(args.model_base, "--model-base")
+        check_checkpoint(args.model_path, "--model-path", check_base=not args.model_base)
+        if args.command in ("answer", "toy-eval"):
+            read_questions(args.question_file)
+            check_dir(args.image_folder, "--image-folder")
+        if args.command == "toy-eval":
+            check_file(args.annotations, "--annotations")
+        if args.command == "vstar":
+            check_dir(args.bench_folder, "--bench-folder")
+        if args.command == "answer":
+            with AnswersFile(args.answers_file, {}, quiet=True):
+                pass
+    except (InputError, QuestionFileError, AnswersBusy, FileNotFoundError) as e:
+        raise fail(e) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -493,6 +556,7 @@ def main(argv: list[str] | None = None) -> None:
                 help="image of the options scored without evidence (SEAL: unpadded)",
             )
     args = p.parse_args(argv)
+    check_infer_args(args)
     adapter = SwitchAdapter.from_pretrained(
         args.model_path,
         args.model_base,
@@ -502,9 +566,12 @@ def main(argv: list[str] | None = None) -> None:
         max_new_tokens=args.max_new_tokens,
     )
     if args.command == "answer":
+        from eval.qa_files import model_signature
+
         result = answer_questions(
-            adapter, args.question_file, args.image_folder, args.answers_file, batch_size=args.batch_size
-        )
+            adapter, args.question_file, args.image_folder, args.answers_file, batch_size=args.batch_size,
+            model_signature=model_signature(args.model_path, args.model_base),
+        )  # fmt: skip
     elif args.command == "toy-eval":
         result = toy_switch_metrics(
             adapter, args.question_file, args.annotations, args.image_folder, batch_size=args.batch_size

@@ -75,7 +75,7 @@ def lora_targets(modules: tuple[str, ...] = LORA_MODULES) -> str:
 
 @dataclass
 class ObjectProjectorConfig:
-    """Perceiver sizes; the defaults are SEAL's (§2.1), so its checkpoints load."""
+    """Perceiver sizes; the defaults are SEAL's, so its checkpoints load."""
 
     depth: int = 6
     heads: int = 16
@@ -101,7 +101,12 @@ class SwiConfig:
     weights: str = "full"
 
     def save(self, directory: str | Path) -> None:
-        (Path(directory) / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=1))
+        """A local base is written relative to the checkpoint, so it can move together with it."""
+        from eval.checks import relative_to_checkpoint
+
+        data = asdict(self)
+        data["base_model"] = relative_to_checkpoint(directory, data["base_model"])
+        (Path(directory) / CONFIG_FILE).write_text(json.dumps(data, indent=1))
 
     @classmethod
     def load(cls, directory: str | Path) -> SwiConfig:
@@ -565,11 +570,21 @@ def load_switch(
     """A SwiLLaVA checkpoint ready for inference, and its processor (padding on).
 
     LoRA is merged on a 16-bit base; on a 4/8-bit base it stays a peft layer (merging into quantised
-    weights would round the update away).
+    weights would round the update away). The directories are checked first (`eval.checks`), so a
+    damaged one fails in seconds naming the file.
     """
+    from eval.checks import check_checkpoint
+
     path = Path(path)
+    check_checkpoint(path, "switch checkpoint", check_base=False)
+    check_checkpoint(model_base, "model_base")
     config = SwiConfig.load(path)
-    base = model_base or config.base_model
+    if model_base:
+        base = model_base
+    else:
+        from eval.checks import resolve_in_checkpoint
+
+        base = resolve_in_checkpoint(path, config.base_model, f"{CONFIG_FILE}:base_model")
     weights_dir = path if config.weights == "full" else base
     llava = load_llava_for_inference(weights_dir, device=device, dtype=dtype, bits=bits)
     has_processor = (path / "processor_config.json").is_file() or (path / "tokenizer_config.json").is_file()

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import HfArgumentParser, LlavaForConditionalGeneration, Trainer
+from transformers import AutoConfig, HfArgumentParser, LlavaForConditionalGeneration, Trainer
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 
-from .data import SealCollator, SealDataset
+from .data import SealCollator, SealDataset, data_files, load_json_records
 from .model import (
     LORA_MODULES,
     MLP_PROJECTOR,
@@ -244,10 +244,56 @@ def remove_shm_buffer_at_exit() -> None:
     atexit.register(Path("/dev/shm", name).unlink, missing_ok=True)
 
 
+def check_train_inputs(model_args: ModelArguments, data_args: DataArguments) -> None:
+    """Every input checked in seconds, before any model loads; a bad one exits with one line naming it:
+    the base (a complete checkpoint, or a hub id that can be fetched), the data files, the image folder
+    and every record's image, the projectors to start from."""
+    from eval.checks import InputError, check_checkpoint, check_dir, check_record_images, fail
+
+    try:
+        check_checkpoint(model_args.model_name_or_path, "--model_name_or_path")
+        files = data_files(data_args.data_path)
+        check_dir(data_args.image_folder, "--image_folder")
+        for flag in ("pretrain_mm_mlp_adapter", "pretrain_object_projector"):
+            if getattr(model_args, flag):
+                check_checkpoint(getattr(model_args, flag), f"--{flag}")
+        for f in files:
+            check_record_images(
+                load_json_records(f),
+                data_args.image_folder,
+                f,
+                strict=not (data_args.skip_bad_records or data_args.dry_run),
+            )
+    except (InputError, ValueError, FileNotFoundError) as e:
+        raise fail(e) from None
+
+
+def dry_run(dataset) -> None:
+    """Build every example (tokens, images, object crops) without model weights; report every bad
+    record; exit 1 if any."""
+    from eval.checks import scan_records
+
+    report = {**scan_records(len(dataset), dataset.example, what="records"), **dataset.summary()}
+    print(json.dumps(report))
+    if report["bad_records"]:
+        raise SystemExit(1)
+
+
 def train(argv: list[str] | None = None) -> None:
+    from eval.checks import parse_training_args
+
     remove_shm_buffer_at_exit()
+    # Inputs first: TrainingArguments sets up DeepSpeed (on a CPU it may compile an op for minutes).
+    if not {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv):
+        model_args, data_args, _ = HfArgumentParser(
+            (ModelArguments, DataArguments), add_help=False
+        ).parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        check_train_inputs(model_args, data_args)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, training_args = parse_training_args(parser, argv)
+    from eval.logs import quiet_third_party
+
+    quiet_third_party()  # DeepSpeed, imported by now, resets its logger's level on import
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     transformers.set_seed(training_args.seed)  # the object projector's initialisation
     processor = load_processor(model_args, data_args)
@@ -263,12 +309,16 @@ def train(argv: list[str] | None = None) -> None:
         quantization = quantization_config(
             training_args.bits, dtype, training_args.quant_type, training_args.double_quant
         )
-    llava = LlavaForConditionalGeneration.from_pretrained(
-        model_args.model_name_or_path,
-        dtype=dtype,
-        attn_implementation=model_args.attn_implementation,
-        quantization_config=quantization,
-    )
+    if data_args.dry_run:  # the model's shapes on the meta device, no weights: the dataset needs its layout
+        with torch.device("meta"):
+            llava = LlavaForConditionalGeneration(AutoConfig.from_pretrained(model_args.model_name_or_path))
+    else:
+        llava = LlavaForConditionalGeneration.from_pretrained(
+            model_args.model_name_or_path,
+            dtype=dtype,
+            attn_implementation=model_args.attn_implementation,
+            quantization_config=quantization,
+        )
     llava.config.use_cache = False
     config = swi_config(model_args)
     model = build_switch(llava, processor.tokenizer, config)
@@ -286,10 +336,7 @@ def train(argv: list[str] | None = None) -> None:
         skip_bad_records=data_args.skip_bad_records,
     )
     if data_args.dry_run:
-        for i in range(len(dataset)):
-            dataset[i]
-        print(json.dumps(dataset.summary()))
-        return
+        return dry_run(dataset)
     if model_args.pretrain_mm_mlp_adapter:
         load_mlp_projector(model, model_args.pretrain_mm_mlp_adapter)
     if model_args.pretrain_object_projector:
