@@ -132,7 +132,8 @@ def entry_points(work: Path, base: Path, steps: int) -> list[EntryPoint]:
                 "--workers=0",
                 f"--log_base_dir={seg_out.parent}",
                 f"--exp_name={seg_out.name}",
-            ],
+            ]
+            + (["--use_cpu=True"] if cpu else []),  # bf16 on a CPU: the Trainer wants use_cpu
             {},
             str(seg_out),
         ),  # fmt: skip
