@@ -133,7 +133,7 @@ def entry_points(work: Path, base: Path, steps: int) -> list[EntryPoint]:
                 f"--log_base_dir={seg_out.parent}",
                 f"--exp_name={seg_out.name}",
             ]
-            + (["--use_cpu=True"] if cpu else []),
+            + (["--use_cpu=True"] if cpu else []),  # bf16 on a CPU: the Trainer wants use_cpu
             {},
             str(seg_out),
         ),  # fmt: skip
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[bench-real] {ep.name} ...", file=sys.stderr, flush=True)
             rows.append(run_entry_point(ep, work / "logs", args.timeout))
         print(
-            f"\n## Training entry points at real widths ({args.text_layers} LM layers, {args.steps} steps, "
+            f"\n## Training entry points at real widths ({args.text_layers} LM layer(s), {args.steps} steps, "
             f"batch 1, bf16, {'CUDA' if _has_cuda() else 'CPU'})\n"
         )
         print(table(rows))
