@@ -202,7 +202,9 @@ def qlora_step(base: Path, *, batch: int, text_tokens: int, device) -> dict:
     inputs = training_batch(model.config, batch, text_tokens, device, dtype)
     sync(device)
     t = time.perf_counter()
-    loss = model(**inputs).loss
+    # QLoRA keeps the norms in fp32 beside bf16 weights: the step runs under autocast, as the Trainer's bf16 does.
+    with torch.autocast(torch.device(device).type, dtype=dtype):
+        loss = model(**inputs).loss
     loss.backward()
     optimizer.step()
     sync(device)
