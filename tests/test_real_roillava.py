@@ -163,6 +163,8 @@ def test_real_pretrain_checkpoint_holds_the_projector_only(real_base, toy, tmp_p
         "IMAGE_FOLDER": toy["IMAGE_FOLDER"],
         "OUTPUT_DIR": str(out),
         "SAVE_STEPS": "1",
+        # constant: the resume below extends the run, and a cosine over 1 step would end at rate 0
+        "EXTRA_ARGS": "--lr_scheduler_type constant",
     }
     result = run_real("scripts/v1_5/pretrain.sh", env, tmp_path, "pretrain")
     ckpt = out / "checkpoint-1"
