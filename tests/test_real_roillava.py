@@ -163,6 +163,8 @@ def test_real_pretrain_checkpoint_holds_the_projector_only(real_base, toy, tmp_p
         "IMAGE_FOLDER": toy["IMAGE_FOLDER"],
         "OUTPUT_DIR": str(out),
         "SAVE_STEPS": "1",
+        # constant: the resume below extends the run, and a cosine over 1 step would end at rate 0
+        "EXTRA_ARGS": "--lr_scheduler_type constant",
     }
     result = run_real("scripts/v1_5/pretrain.sh", env, tmp_path, "pretrain")
     ckpt = out / "checkpoint-1"
@@ -176,6 +178,13 @@ def test_real_pretrain_checkpoint_holds_the_projector_only(real_base, toy, tmp_p
     assert not (out / "model.safetensors").exists()
     check_saved_processor(out, do_pad=False)  # stage 1 centre-crops (`square`), as LLaVA's
     print(f"[real] pretrain checkpoint: {dir_bytes(ckpt) / 2**20:.0f} MiB; {result}")
+    # ... and a run resumes from it: the projector and its optimizer states come back, the rest from the base
+    before = load_file(out / "mm_projector.safetensors")
+    run_real("scripts/v1_5/pretrain.sh", {**env, "MAX_STEPS": "2"}, tmp_path, "pretrain_resume")
+    assert "resuming from" in (tmp_path / "pretrain_resume.log").read_text()
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+    after = load_file(out / "mm_projector.safetensors")
+    assert all(not torch.equal(after[k], before[k]) for k in before)
 
 
 def test_real_cos_lora_zero3_bf16_checkpoint_holds_the_adapter_only(real_base, toy, tmp_path):
@@ -266,3 +275,20 @@ def test_real_qlora_four_bit_step(real_base, toy, tmp_path):
     run_real("scripts/v1_5/finetune_lora.sh", env, tmp_path, "qlora4")
     adapter = load_file(out / "adapter_model.safetensors")
     assert adapter and all("lora_" in k for k in adapter)
+
+
+def test_real_finetune_with_lora_flags_zero3_bf16(real_base, toy, tmp_path):
+    """`finetune.sh` (System-1 instruction data) with LoRA flags under ZeRO-3 in bf16: LoRA weights in
+    the model's dtype beside the frozen bf16 model."""
+    out = tmp_path / "lora"
+    env = {
+        "MODEL": str(real_base),
+        "DATA_PATH": toy["instruct"],
+        "IMAGE_FOLDER": toy["IMAGE_FOLDER"],
+        "OUTPUT_DIR": str(out),
+        "EXTRA_ARGS": "--lora_enable True --lora_r 128 --lora_alpha 256 --mm_projector_lr 2e-5",
+    }
+    run_real("scripts/v1_5/finetune.sh", env, tmp_path, "finetune_lora_flags")
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert {t.dtype for t in adapter.values()} == {torch.bfloat16}
+    assert any("multi_modal_projector" in k for k in adapter)  # the projector trains with it here

@@ -191,10 +191,9 @@ def test_tf32_follows_the_gpu(env, capability, expected, tmp_path):
     """`--tf32 True` (LLaVA's) only where TF32 exists: Ampere or newer, as nvidia-smi reports it."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    if capability:
-        smi = bin_dir / "nvidia-smi"
-        smi.write_text(f"#!/bin/sh\necho {capability}\n")
-        smi.chmod(0o755)
+    smi = bin_dir / "nvidia-smi"  # shadows a real one; without a GPU it fails as on a CPU machine
+    smi.write_text(f"#!/bin/sh\necho {capability}\n" if capability else "#!/bin/sh\nexit 9\n")
+    smi.chmod(0o755)
     proc = subprocess.run(
         ["bash", "-c", '. scripts/launch.sh; printf "%s\\n" "${COMMON_ARGS[@]}"'],
         cwd=ROI,
