@@ -22,9 +22,9 @@ from transformers import (
     LlavaForConditionalGeneration,
 )
 
+from eval.original_checkpoint import read_state_dict
 from playground.real_shapes import real_tokenizer
 from roillava.convert import main
-from roillava.original_checkpoint import read_state_dict
 
 pytestmark = pytest.mark.real
 

@@ -21,14 +21,14 @@ from original_layouts import (
 )
 from transformers import LlavaForConditionalGeneration
 
-from roillava.answer import load_for_inference
-from roillava.convert import ROI_CONFIG_FILE, main
-from roillava.model import llava_processor
-from roillava.original_checkpoint import (
+from eval.original_checkpoint import (
     CheckpointError,
     llava_hf_projector_state,
     read_state_dict,
 )
+from roillava.answer import load_for_inference
+from roillava.convert import ROI_CONFIG_FILE, main
+from roillava.model import llava_processor
 
 PROMPT = [1, 17, 23, PLACEHOLDER, 40, 41, 42]
 
@@ -237,7 +237,7 @@ def test_llava_hf_directory_is_recognised(llava15, tmp_path):
     finally:
         (out / "config.json.bak").rename(out / "config.json")
         (out / "tokenizer.model").unlink()
-    from roillava.original_checkpoint import split_original
+    from eval.original_checkpoint import split_original
 
     with pytest.raises(CheckpointError, match="llava-hf checkpoint"):
         split_original(read_state_dict(out), source=str(out), family="LLaVA-1.5")
@@ -252,7 +252,7 @@ def test_lora_run_given_as_full_checkpoint_says_which_option(llava15, tmp_path):
 
 
 def test_legacy_pickle_shard_reads(tmp_path):
-    from roillava.original_checkpoint import load_weights_file
+    from eval.original_checkpoint import load_weights_file
 
     torch.save({"a": torch.ones(2)}, tmp_path / "old.bin", _use_new_zipfile_serialization=False)
     assert torch.equal(load_weights_file(tmp_path / "old.bin")["a"], torch.ones(2))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .original_checkpoint import (
+from eval.original_checkpoint import (
     CONVERSION_FILE,
     CheckpointError,
     convert_llava_directory,
@@ -42,6 +42,7 @@ from .original_checkpoint import (
     write_conversion_record,
     write_lora_adapter,
 )
+
 from .roi import RoiConfig
 
 ROI_CONFIG_FILE = "roi_config.json"

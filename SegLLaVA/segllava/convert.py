@@ -29,9 +29,10 @@ import torch
 from safetensors.torch import save_file
 from transformers import SamConfig
 
+from eval.original_checkpoint import CheckpointError, aspect_ratio_of, convert_llava_directory, read_config
+
 from .conversation import IM_END, IM_START, SEG_TOKEN
 from .model import HEADS_FILE, SAM_SUBDIR, TEXT_HIDDEN_FCS, SegConfig, SegLLaVA
-from .original_checkpoint import CheckpointError, aspect_ratio_of, convert_llava_directory, read_config
 from .sam_checkpoint import load_sam, sam_from_meta_state
 
 FAMILIES = ("lisa", "sam", "adapter")

@@ -32,6 +32,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from eval.original_checkpoint import (
+    CheckpointError,
+    convert_llava_directory,
+    load_weights_file,
+    mlp_projector_adapter_state,
+    read_config,
+    read_original_lora,
+    write_conversion_record,
+    write_lora_adapter,
+)
+
 from .model import (
     CONFIG_FILE,
     MLP_PROJECTOR,
@@ -41,16 +52,6 @@ from .model import (
     SwiConfig,
     llava_processor,
     load_switch,
-)
-from .original_checkpoint import (
-    CheckpointError,
-    convert_llava_directory,
-    load_weights_file,
-    mlp_projector_adapter_state,
-    read_config,
-    read_original_lora,
-    write_conversion_record,
-    write_lora_adapter,
 )
 from .resampler import object_projector_state_from_checkpoint, remap_perceiver_pretrain_keys
 

@@ -12,7 +12,8 @@ Weights are read from sharded `pytorch_model-*.bin` or `*.safetensors` with thei
 `weights_only=True`). Every key is accounted for: a key that belongs to no known part stops the conversion with
 an error that names it and the layout the keys look like, and a shard that cannot be read is named.
 
-This file is the same in roillava, swillava and segllava: the siblings never import each other.
+Shared by the three siblings' converters (`roillava.convert`, `swillava.convert`, `segllava.convert`), which
+never import each other; like every module in `eval/`, it imports no sibling.
 """
 
 from __future__ import annotations
