@@ -139,7 +139,8 @@ def _fast(argv: list[str], tmp_path: Path, capsys) -> str:
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(image)
     fast_main([
         "--image", str(image), "--question", "What color is the dog?", "--mode", "system2-always",
-        "--switch-max-new-tokens", "4", "--roi-max-new-tokens", "6", "--max-new-tokens", "3", "--device", "cpu", *argv,
+        "--switch-max-new-tokens", "4", "--roi-max-new-tokens", "6", "--max-new-tokens", "3", "--device", "cpu",
+        "--trace-file", str(tmp_path / "trace.json"), *argv,
     ])  # fmt: skip
     return capsys.readouterr().out
 

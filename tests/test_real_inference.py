@@ -169,7 +169,8 @@ def test_fast_agent_every_stage(real_ckpts, tmp_path, capsys):
               "--base", str(real_ckpts["base"]), "--switch", str(real_ckpts["switch"]),
               "--roi", str(real_ckpts["roi"]), "--seg", str(real_ckpts["seg"]), "--mode", "system2-always",
               "--evidence", "roi+seg", "--device", "cpu", "--dtype", "bf16", "--switch-max-new-tokens", "4",
-              "--roi-max-new-tokens", "4", "--max-new-tokens", "2"])  # fmt: skip
+              "--roi-max-new-tokens", "4", "--max-new-tokens", "2",
+              "--trace-file", str(tmp_path / "trace.json")])  # fmt: skip
     out = capsys.readouterr()
     assert "system:   system2 (forced)" in out.out and "answer:" in out.out
     assert "resident parameters" in out.err

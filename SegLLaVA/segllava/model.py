@@ -30,8 +30,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaImageProcessorPil, SamModel
+from transformers import LlavaForConditionalGeneration, SamModel
 from transformers.utils import ModelOutput
+
+from eval.llava_hf import DTYPE_CHOICES, DTYPE_HELP, DTYPES, inference_dtype  # noqa: F401
+from eval.llava_hf import llava_processor as load_processor  # noqa: F401
 
 from .conversation import IM_END, IM_START, SEG_TOKEN, TokenLayout
 from .losses import SegLossWeights, seg_mask_loss
@@ -525,48 +528,7 @@ def _group(masks: list[torch.Tensor], rows: list[int], n_rows: int) -> list[torc
 
 
 # --- building ------------------------------------------------------------------------------------------------
-def load_processor(source: str | Path, image_aspect_ratio: str = "pad"):
-    """The checkpoint's processor with LLaVA-1.5's image preprocessing, whatever class the checkpoint ships.
-
-    llava-hf's llava-1.5 checkpoints ship a `CLIPImageProcessor` config (resize + centre crop), which has no
-    padding step: setting `do_pad` on it is silently ignored, and every box, crop and mask would then live in
-    a cropped frame. LLaVA-1.5 pads to a square with the mean colour (`pad`) or resizes and centre-crops
-    (`square`, its stage-1 default); both are `LlavaImageProcessorPil` with the checkpoint's sizes and stats.
-    """
-    if image_aspect_ratio not in ("pad", "square"):
-        raise ValueError(f"image_aspect_ratio must be pad or square, got {image_aspect_ratio!r}")
-    processor = AutoProcessor.from_pretrained(str(source))
-    shipped = processor.image_processor
-    processor.image_processor = LlavaImageProcessorPil(
-        do_pad=image_aspect_ratio == "pad",
-        do_resize=True,
-        size={k: v for k, v in dict(shipped.size).items() if v is not None},
-        do_center_crop=True,
-        crop_size={k: v for k, v in dict(shipped.crop_size).items() if v is not None},
-        resample=shipped.resample,
-        rescale_factor=shipped.rescale_factor,
-        image_mean=list(shipped.image_mean),
-        image_std=list(shipped.image_std),
-        do_convert_rgb=True,
-    )
-    return processor
-
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DTYPE_CHOICES = ("auto", *DTYPES)
-DTYPE_HELP = "auto: bf16 on a GPU that supports it, else fp16 on CUDA, fp32 on CPU"
 BITS_HELP = "load the language model in 4-bit (NF4) or 8-bit with bitsandbytes; CLIP, projector, lm_head and SAM stay in the dtype"
-
-
-def inference_dtype(name: str, device: str | torch.device) -> torch.dtype:
-    """The weights' dtype for `--dtype` on `device` (`auto`: bf16 where the GPU has it, fp16 on older CUDA)."""
-    if name == "auto":
-        if torch.device(device).type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {name!r}")
-    return DTYPES[name]
 
 
 def load_llava_for_inference(
