@@ -312,7 +312,11 @@ def test_placeholder_file_is_named(tmp_path):
 
 
 # --- the repository cites nothing outside itself ----------------------------------------------------------
-OUTSIDE_REFERENCES = re.compile(r"\.\./shared|shared/reference|upstream-spec|§|\bissue #?\d+", re.IGNORECASE)
+# Spelled in pieces so that this line does not match itself.
+OUTSIDE_REFERENCES = re.compile(
+    "|".join((r"\.\./" + "shared", "shared/" + "reference", "upstream" + "-spec", "§", r"\bissue #?\d+")),
+    re.IGNORECASE,
+)
 
 
 def test_repository_cites_nothing_outside_itself():
