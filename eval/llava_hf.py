@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoProcessor, LlavaImageProcessorPil
+from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaImageProcessorPil
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_CHOICES = ("auto", *DTYPES)
@@ -52,3 +52,28 @@ def llava_processor(source: str | Path, image_aspect_ratio: str = "pad"):
         do_convert_rgb=True,
     )
     return processor
+
+
+def load_llava_for_inference(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    bits: int = 16,
+) -> LlavaForConditionalGeneration:
+    """A llava-hf model loaded straight to `device` (no host copy first); 4/8-bit quantises only the
+    language model's linears (transformers-5 names: `model.vision_tower`, `model.multi_modal_projector`)."""
+    if bits not in (4, 8, 16):
+        raise ValueError(f"bits must be 4, 8 or 16, got {bits}")
+    kwargs = {"dtype": dtype, "device_map": {"": torch.device(device)}}
+    if bits != 16:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=bits == 4,
+            load_in_8bit=bits == 8,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_type="nf4",
+            llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"],
+        )
+    return LlavaForConditionalGeneration.from_pretrained(str(path), **kwargs)

@@ -33,7 +33,7 @@ from torch import nn
 from transformers import LlavaForConditionalGeneration, SamModel
 from transformers.utils import ModelOutput
 
-from eval.llava_hf import DTYPE_CHOICES, DTYPE_HELP, DTYPES, inference_dtype  # noqa: F401
+from eval.llava_hf import DTYPE_CHOICES, DTYPE_HELP, DTYPES, inference_dtype, load_llava_for_inference  # noqa: F401
 from eval.llava_hf import llava_processor as load_processor  # noqa: F401
 
 from .conversation import IM_END, IM_START, SEG_TOKEN, TokenLayout
@@ -529,31 +529,6 @@ def _group(masks: list[torch.Tensor], rows: list[int], n_rows: int) -> list[torc
 
 # --- building ------------------------------------------------------------------------------------------------
 BITS_HELP = "load the language model in 4-bit (NF4) or 8-bit with bitsandbytes; CLIP, projector, lm_head and SAM stay in the dtype"
-
-
-def load_llava_for_inference(
-    path: str | Path,
-    *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    bits: int = 16,
-) -> LlavaForConditionalGeneration:
-    """A llava-hf model loaded straight to `device` (no host copy first); 4/8-bit quantises only the
-    language model's linears (transformers-5 names: `model.vision_tower`, `model.multi_modal_projector`)."""
-    if bits not in (4, 8, 16):
-        raise ValueError(f"bits must be 4, 8 or 16, got {bits}")
-    kwargs = {"dtype": dtype, "device_map": {"": torch.device(device)}}
-    if bits != 16:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=bits == 4,
-            load_in_8bit=bits == 8,
-            bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_quant_type="nf4",
-            llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"],
-        )
-    return LlavaForConditionalGeneration.from_pretrained(str(path), **kwargs)
 
 
 def load_sam_with_config(path: str, sam_config: str = "") -> SamModel:
