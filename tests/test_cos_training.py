@@ -15,24 +15,30 @@ from roillava.model import find_projector
 from roillava.roi import resolve_roi_wording
 
 
-def test_finetune_lora_two_steps_saves_adapter_with_projector(tiny_base, toy_world, tmp_path):
+def toy_lora_env(tiny_base, toy_world, out: Path, port_offset: int, **overrides: str) -> dict[str, str]:
+    """`finetune_lora.sh`'s environment on the toy world: Chain-of-Spot data, LoRA r8, one port per test."""
     toy = toy_world["playground"] / "data" / "toy"
-    out = tmp_path / "cos-lora"
-    env = {
+    return {
         "MODEL": str(tiny_base),
         "DATA_PATH": str(toy / "llava_toy_instruct.json"),
         "IMAGE_FOLDER": str(toy / "images"),
         "ROI_DATA": str(toy / "chain-of-spot.json"),
         "OUTPUT_DIR": str(out),
-        "MAX_STEPS": "2",
         "LORA_R": "8",
         "LORA_ALPHA": "16",
-        "LR": "1e-2",
-        "MM_PROJECTOR_LR": "1e-2",
-        "FREEZE_PROJECTOR": "False",  # the script shares the base's projector unless told otherwise
-        "EXTRA_ARGS": "--warmup_steps 0",  # the recipe's warmup would make the first step a no-op
-        "MASTER_PORT": str(29500 + os.getpid() % 1000),
+        "MASTER_PORT": str(29500 + (os.getpid() + port_offset) % 1000),
+        **overrides,
     }
+
+
+def test_finetune_lora_two_steps_saves_adapter_with_projector(tiny_base, toy_world, tmp_path):
+    out = tmp_path / "cos-lora"
+    env = toy_lora_env(
+        tiny_base, toy_world, out, 0,
+        MAX_STEPS="2", LR="1e-2", MM_PROJECTOR_LR="1e-2",
+        FREEZE_PROJECTOR="False",  # the script shares the base's projector unless told otherwise
+        EXTRA_ARGS="--warmup_steps 0",  # the recipe's warmup would make the first step a no-op
+    )  # fmt: skip
     log = run_script("scripts/v1_5/finetune_lora.sh", env, tmp_path)
     assert "'loss'" in log
     # DeepSpeed's CPU all-reduce mapped a 69 MB /dev/shm file for the run; training removes it at exit
@@ -105,22 +111,11 @@ def test_learning_rate_groups_projector_and_lora_plus(tiny_base, tmp_path):
 def test_finetune_lora_zero3_bf16_trains(tiny_base, toy_world, tmp_path):
     """The script's own precision (bf16) under ZeRO-3: every trainable weight (LoRA and the projector)
     stays in the model's dtype, so ZeRO-3's one flat buffer takes them (fp32 LoRA beside bf16 stops it)."""
-    toy = toy_world["playground"] / "data" / "toy"
     out = tmp_path / "cos-lora-bf16"
-    env = {
-        "MODEL": str(tiny_base),
-        "DATA_PATH": str(toy / "llava_toy_instruct.json"),
-        "IMAGE_FOLDER": str(toy / "images"),
-        "ROI_DATA": str(toy / "chain-of-spot.json"),
-        "OUTPUT_DIR": str(out),
-        "MAX_STEPS": "1",
-        "LORA_R": "8",
-        "LORA_ALPHA": "16",
-        "BF16": "True",
-        "FREEZE_PROJECTOR": "False",
-        "EXTRA_ARGS": "--use_cpu True --warmup_steps 0",
-        "MASTER_PORT": str(29500 + (os.getpid() + 7) % 1000),
-    }
+    env = toy_lora_env(
+        tiny_base, toy_world, out, 7,
+        MAX_STEPS="1", BF16="True", FREEZE_PROJECTOR="False", EXTRA_ARGS="--use_cpu True --warmup_steps 0",
+    )  # fmt: skip
     log = run_script("scripts/v1_5/finetune_lora.sh", env, tmp_path)
     assert "'loss'" in log
     adapter = load_file(out / "adapter_model.safetensors")
@@ -131,22 +126,12 @@ def test_finetune_lora_zero3_bf16_trains(tiny_base, toy_world, tmp_path):
 def test_qlora_four_bit_step(tiny_base, toy_world, tmp_path):
     """`--bits 4` (QLoRA, under ZeRO-2): the language model's linear layers load as bitsandbytes 4-bit,
     the vision tower, projector and head stay floating point, and a LoRA step trains."""
-    toy = toy_world["playground"] / "data" / "toy"
     out = tmp_path / "qlora"
-    env = {
-        "MODEL": str(tiny_base),
-        "DATA_PATH": str(toy / "llava_toy_instruct.json"),
-        "IMAGE_FOLDER": str(toy / "images"),
-        "ROI_DATA": str(toy / "chain-of-spot.json"),
-        "OUTPUT_DIR": str(out),
-        "MAX_STEPS": "1",
-        "LORA_R": "8",
-        "LORA_ALPHA": "16",
-        "BF16": "True",
-        "DS_CONFIG": "./scripts/zero2.json",
-        "EXTRA_ARGS": "--use_cpu True --warmup_steps 0 --bits 4",
-        "MASTER_PORT": str(29500 + (os.getpid() + 11) % 1000),
-    }
+    env = toy_lora_env(
+        tiny_base, toy_world, out, 11,
+        MAX_STEPS="1", BF16="True", DS_CONFIG="./scripts/zero2.json",
+        EXTRA_ARGS="--use_cpu True --warmup_steps 0 --bits 4",
+    )  # fmt: skip
     log = run_script("scripts/v1_5/finetune_lora.sh", env, tmp_path)
     assert "'loss'" in log
     adapter = load_file(out / "adapter_model.safetensors")
