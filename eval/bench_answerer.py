@@ -75,7 +75,7 @@ def build_inputs(work: Path, n_questions: int) -> tuple[Path, Path, Path]:
     base = build_tiny_base(
         work / "tiny_base", vision_tower=tower if (tower / "config.json").exists() else None
     )
-    size = WorldSize(train=0, val=n_questions, vstar=0, seg_train=0, seg_val=0)
+    size = WorldSize(train=0, val=n_questions, vstar=0, vstar_calib=0, seg_train=0, seg_val=0)
     generate(work / "playground", work / "dataset", seed=0, size=size)
     questions = work / "playground" / "data" / "eval" / "toy" / "llava_toy_val.jsonl"
     return base, questions, work / "playground" / "data" / "toy" / "images"

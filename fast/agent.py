@@ -40,7 +40,7 @@ from roillava.answer import build_prompt as build_llava_prompt
 from roillava.answer import generate as llava_generate
 from roillava.boxes import PaddedFrame, expand_to_square
 from roillava.roi import FULL_IMAGE_BOX, parse_roi_box, stage1_prompt
-from swillava.infer import parse_missing_objects
+from swillava.infer import parse_missing_objects, switch_reply_kind
 from swillava.objects import (
     MISSING_OBJECTS_PREFIX,
     ObjectInstance,
@@ -54,7 +54,7 @@ from swillava.objects import (
 from .config import AgentConfig
 from .likelihood import llava_option_losses_batch
 from .model import ROI, SEG, SWITCH, FastModel
-from .switch_pass import option_losses_batch, switch_pass
+from .switch_pass import option_confidence, option_losses_batch, switch_pass
 from .trace import ObjectEvidence, Trace, mask_to_rle, tight_box
 
 
@@ -224,13 +224,19 @@ class FastAgent:
                     self._choose(traces[i], row)
 
     # --- FaST ---------------------------------------------------------------------------------------
+    def _suffix(self, question: str) -> str:
+        """The configured suffix, unless the question already ends with it (never added twice)."""
+        suffix = self.config.question_suffix
+        return "" if not suffix.strip() or question.rstrip().endswith(suffix.strip()) else suffix
+
     def _question(self, r: Request) -> str:
         """What the switch is asked: the question, its protocol instruction, the configured suffix."""
-        return r.question + r.instruction + self.config.question_suffix
+        text = r.question + r.instruction
+        return text + self._suffix(text)
 
     def _roi_question(self, r: Request) -> str:
         """What the ROI adapter quotes in its stage-1 prompt: the question without the instruction."""
-        return r.question + self.config.question_suffix
+        return r.question + self._suffix(r.question)
 
     def _fast(self, requests, traces, live, clock) -> None:
         cfg, model = self.config, self.model
@@ -328,6 +334,7 @@ class FastAgent:
         else:
             how = "generate"
             texts = clock.run("switch", live, lambda: switch.generate(prompts, cfg.switch_max_new_tokens))
+            result = None
             for i, text in zip(live, texts):
                 traces[i].switch_text = text
             starts = {i: parse_missing_objects(traces[i].switch_text) is not None for i in live}
@@ -336,14 +343,72 @@ class FastAgent:
             t.decision, t.forced_system2 = how, forced
             if starts[i]:
                 t.system, t.missing_objects = "system2", parse_missing_objects(t.switch_text)
+                t.route = "forced" if forced else "missing_objects"
             elif t.option_losses is None:
                 t.system, t.answer = "system1", t.switch_text or ""
             else:
                 t.system = "system1"
-        return [i for i in live if starts[i]]
+        if not forced:
+            confidence = result.direct_confidence if how != "generate" else {}
+            self._route_unsure(requests, traces, live, {live[k]: c for k, c in confidence.items()}, clock)
+        return [i for i in live if traces[i].system == "system2"]
+
+    def _route_unsure(self, requests, traces, live, direct_confidence: dict[int, float], clock) -> None:
+        """Send to System 2 the System-1 rows whose direct reply is garbled or whose confidence is low.
+
+        A free-form reply is checked with `switch_reply_kind`; its confidence is the geometric mean of its
+        tokens' probabilities. Options are scored here when the shared pass did not (another image view),
+        and their confidence is the margin between the two most likely options. Below
+        `confidence_threshold` (0: off) the row goes to System 2; the switch then names its objects
+        exactly as for a forced row, from one pass over those prompts.
+        """
+        cfg, switch = self.config, self.model.switch
+        rows = [i for i in live if traces[i].system == "system1"]
+        unscored = [i for i in rows if requests[i].options is not None and traces[i].option_losses is None]
+        if unscored and cfg.confidence_threshold > 0:
+            prompts = [self._evidence_prompt(requests[i], traces[i]) for i in unscored]
+            losses = clock.run(
+                "switch_options",
+                unscored,
+                lambda: option_losses_batch(switch, prompts, [requests[i].options for i in unscored]),
+            )
+            for i, row in zip(unscored, losses):
+                self._choose(traces[i], row)
+        unsure = []
+        for i in rows:
+            t = traces[i]
+            if requests[i].options is None:
+                t.switch_reply = switch_reply_kind(t.switch_text or "")
+                t.confidence = direct_confidence.get(i)
+            if t.switch_reply == "garbled":
+                t.route = "garbled_reply"
+                t.fallback("switch", f"garbled reply {t.switch_text!r}", "System 2")
+            elif t.confidence is not None and t.confidence < cfg.confidence_threshold:
+                t.route = "low_confidence"
+            else:
+                continue
+            t.system, t.answer, t.option_losses = "system2", "", None
+            unsure.append(i)
+        if not unsure:
+            return
+        sentence = switch.tokenizer(MISSING_OBJECTS_PREFIX, add_special_tokens=False).input_ids
+        prompts = [switch.build_prompt(requests[i].image, self._question(requests[i])) for i in unsure]
+        named = clock.run(
+            "switch",
+            unsure,
+            lambda: switch_pass(
+                switch, prompts, sentence, force=True, max_new_tokens=cfg.switch_max_new_tokens
+            ),
+        )
+        for k, i in enumerate(unsure):
+            traces[i].missing_objects = parse_missing_objects(
+                f"{MISSING_OBJECTS_PREFIX} {named.continuation[k]}"
+            )
 
     def _choose(self, trace: Trace, losses: list[float]) -> None:
         trace.option_losses = losses
+        if trace.system == "system1":  # the direct answer's confidence, which routing reads
+            trace.confidence = option_confidence(losses)
         trace.answer = trace.options[min(range(len(losses)), key=losses.__getitem__)]
 
     def _roi(self, requests, traces, rows, regions, clock) -> None:

@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--question-suffix", default="", help="appended to every question (e.g. a short-answer hint)"
     )
+    run.add_argument(
+        "--confidence-threshold", type=float, default=0.0,
+        help="fast mode: also send System 1's unsure answers (confidence below this) to System 2; 0: off",
+    )  # fmt: skip
     run.add_argument("--model-id", default="fast")
     run.add_argument(
         "--verbose", action="store_true", help="keep the libraries' log chatter (FAST_VERBOSE=1)"
@@ -134,6 +138,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         batch_size=args.batch_size,
         roi_wording=args.roi_wording,
         option_image_view=args.option_image_view,
+        confidence_threshold=args.confidence_threshold,
     )
 
 

@@ -39,6 +39,11 @@ class AgentConfig:
     scored without object evidence (System-1 rows): "unpadded" (SEAL's V*Bench evaluation and the FaST
     release: plain CLIP resize + centre crop) or "padded" (the mean-colour square every other prompt
     uses). System-2 rows, whose prompt carries evidence, always see the padded image, as in SEAL.
+    `confidence_threshold`: in "fast" mode, a System-1 row goes to System 2 also when the switch's direct
+    answer is unsure: its confidence (the geometric mean of the answer's token probabilities, or for
+    options the probability margin between the best two) is below the threshold. 0 turns it off; the
+    demo calibrates it on a held-out split (`fast.calibration`). A reply that is neither an answer nor
+    the missing-objects sentence goes to System 2 whatever the threshold.
     `dtype`: the weights' dtype ("auto": bf16 on a GPU that supports it, else fp16 on CUDA, fp32 on CPU);
     `bits` 4 or 8 loads the shared language model with bitsandbytes (CLIP, projectors, lm_head, SAM and
     the adapters stay in `dtype`); every weight is loaded straight to `device`.
@@ -69,6 +74,7 @@ class AgentConfig:
     batch_size: int = 8
     roi_wording: str | None = None
     option_image_view: str = VSTAR_DEFAULT_IMAGE_VIEW
+    confidence_threshold: float = 0.0
 
     def __post_init__(self):
         self.dtype = _TORCH_DTYPE_NAMES.get(self.dtype, self.dtype)
@@ -96,6 +102,12 @@ class AgentConfig:
         if self.option_image_view not in VSTAR_IMAGE_VIEWS:
             raise ValueError(
                 f"option_image_view must be one of {VSTAR_IMAGE_VIEWS}, got {self.option_image_view!r}"
+            )
+        if not 0.0 <= self.confidence_threshold <= 1.0:
+            raise ValueError(f"confidence_threshold must be in [0, 1], got {self.confidence_threshold}")
+        if self.confidence_threshold > 0 and self.switch_decision != "prefix":
+            raise ValueError(
+                "confidence_threshold needs switch_decision 'prefix' (its pass scores the answer)"
             )
         if "{name}" not in self.seg_prompt:
             raise ValueError(f"seg_prompt must contain {{name}}, got {self.seg_prompt!r}")

@@ -5,7 +5,8 @@ That one pass gives, from its KV cache:
 
 * the decision: greedy decoding starts the sentence iff the logits predict each of its tokens;
 * the object names of System-2 rows: greedy decoding after the sentence, continuing the cache;
-* the direct answer of System-1 rows: the cache cut back to the prompt, decoded greedily;
+* the direct answer of System-1 rows: the cache cut back to the prompt, decoded greedily, with its
+  confidence (the geometric mean of its tokens' probabilities, EOS included);
 * multiple choice: every option (its tokens, then EOS) on the prompt's cache, mean cross-entropy each.
 
 All of it is batched over questions (left padding; positions count real tokens only), and each piece
@@ -14,6 +15,7 @@ equals what `SwitchAdapter.generate` / `option_losses` compute for one question 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -32,19 +34,25 @@ def greedy_continue(
     max_new_tokens: int,
     eos_id: int,
     pad_id: int,
-) -> list[list[int]]:
-    """Greedy tokens after a prefilled cache: `last_logits` [R, V] predict the first; stops at EOS."""
+) -> tuple[list[list[int]], list[list[float]]]:
+    """Greedy tokens after a prefilled cache, and each token's log-probability.
+
+    `last_logits` [R, V] predict the first token; a row stops at EOS (kept in its tokens).
+    """
     rows = last_logits.shape[0]
     out: list[list[int]] = [[] for _ in range(rows)]
+    logprobs: list[list[float]] = [[] for _ in range(rows)]
     done = torch.zeros(rows, dtype=torch.bool, device=last_logits.device)
     positions = mask.sum(1, keepdim=True)
     logits = last_logits
     for step_index in range(max_new_tokens):
         token = logits.argmax(-1)
+        token_logprob = torch.log_softmax(logits.float(), -1).gather(1, token[:, None])[:, 0]
         token = torch.where(done, torch.full_like(token, pad_id), token)
-        for r, t in enumerate(token.tolist()):
+        for r, (t, lp) in enumerate(zip(token.tolist(), token_logprob.tolist())):
             if not done[r]:
                 out[r].append(t)
+                logprobs[r].append(lp)
         done = done | (token == eos_id)
         if done.all() or step_index == max_new_tokens - 1:
             break
@@ -57,7 +65,21 @@ def greedy_continue(
             use_cache=True,
         )
         cache, logits, positions = step.cache, step.logits[:, -1], positions + 1
-    return out
+    return out, logprobs
+
+
+def answer_confidence(logprobs: Sequence[float]) -> float:
+    """How sure greedy decoding was of an answer: the geometric mean of its tokens' probabilities."""
+    return math.exp(sum(logprobs) / len(logprobs)) if logprobs else 0.0
+
+
+def option_confidence(losses: Sequence[float]) -> float:
+    """How sure likelihood scoring was: the margin between the two most likely options, as the
+    difference of their probabilities under a softmax of the negative mean losses (1.0: one option)."""
+    if len(losses) < 2:
+        return 1.0
+    probs = torch.softmax(-torch.tensor(losses, dtype=torch.float64), 0).sort(descending=True).values
+    return float(probs[0] - probs[1])
 
 
 @dataclass
@@ -65,6 +87,7 @@ class PassResult:
     starts: list[bool]  # greedy decoding would begin with the sentence
     continuation: dict[int, str]  # row -> decoded text after the sentence (rows that start it)
     direct: dict[int, str]  # row -> greedy answer (requested rows that do not start it)
+    direct_confidence: dict[int, float]  # row -> `answer_confidence` of that answer
     option_losses: dict[int, list[float]]  # row -> losses (requested rows that do not start it)
 
 
@@ -93,11 +116,11 @@ def switch_pass(
     predicted = logits[:, :k].argmax(-1)
     matches = (predicted == torch.tensor(sentence_ids, device=predicted.device)).all(1).tolist()
     starts = [True] * len(prompts) if force else matches
-    result = PassResult(starts, {}, {}, {})
+    result = PassResult(starts, {}, {}, {}, {})
 
     on = [r for r, s in enumerate(starts) if s]
     if on:
-        texts = greedy_continue(
+        texts, _ = greedy_continue(
             llava, select_rows(cache, on), logits[on, -1], mask[on], max_new_tokens=max_new_tokens,
             eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
         )  # fmt: skip
@@ -110,12 +133,13 @@ def switch_pass(
         cache.crop(-k)  # back to the prompts alone
         prompt_mask = mask[:, :-k]
         if direct:
-            texts = greedy_continue(
+            texts, logprobs = greedy_continue(
                 llava, select_rows(cache, direct), logits[direct, 0], prompt_mask[direct],
                 max_new_tokens=max_new_tokens, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
             )  # fmt: skip
-            for r, ids in zip(direct, texts):
+            for r, ids, lps in zip(direct, texts, logprobs):
                 result.direct[r] = tok.decode(ids, skip_special_tokens=True).strip()
+                result.direct_confidence[r] = answer_confidence(lps)
         if scored:
             losses = option_losses_on_cache(
                 llava,

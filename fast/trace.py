@@ -70,6 +70,11 @@ class Trace:
     decision: str | None = None  # how the switch decided: "generate" | "prefix" | "forced"
     switch_text: str | None = None
     forced_system2: bool = False
+    # Why System 2 answered: "missing_objects" (the switch's sentence), "forced" (System 2 always),
+    # "garbled_reply" (a reply that was neither an answer nor the sentence), "low_confidence".
+    route: str | None = None
+    switch_reply: str | None = None  # a free-form direct reply's kind: "answer" | "garbled"
+    confidence: float | None = None  # of the direct answer (token probability or option margin)
     missing_objects: list[str] | None = None
     roi: dict | None = None  # text, box (normalised padded frame), box_pixels (x, y, w, h), ok, reason
     objects: list[ObjectEvidence] = field(default_factory=list)
@@ -102,8 +107,12 @@ class Trace:
             f"question: {self.question}",
             f"system:   {self.system}" + (" (forced)" if self.forced_system2 else ""),
         ]
+        if self.route is not None:
+            lines[-1] += f", via {self.route}"
         if self.switch_text is not None:
             lines.append(f"switch:   {self.switch_text}")
+        if self.confidence is not None:
+            lines.append(f"confidence: {self.confidence:.3f}")
         if self.missing_objects is not None:
             lines.append(f"missing:  {', '.join(self.missing_objects) or '(none parsed)'}")
         if self.roi is not None:

@@ -241,7 +241,7 @@ def prepare(work: Path, text_layers: int) -> Path:
     from playground.toyworld import WorldSize, generate
 
     if not (work / "playground" / "data" / "toy").exists():
-        size = WorldSize(train=24, val=4, vstar=2, seg_train=4, seg_val=2)
+        size = WorldSize(train=24, val=4, vstar=2, vstar_calib=0, seg_train=4, seg_val=2)
         generate(work / "playground", work / "dataset", seed=0, size=size)
     base = work / f"real_base_{text_layers}l"
     if not (base / "config.json").exists():

@@ -246,27 +246,55 @@ def stage_switch_train() -> None:
     sh("finetune_lora.sh", ROOT / "SwiLLaVA", env, DEMO / "logs" / "switch_train.log")
 
 
+# How the switch's validation questions are asked: as written (LLaVA's short-answer suffix), bare, and
+# conversational. The switch must decide and name alike in all three.
+SWITCH_PHRASINGS = ("short", "bare", "conversational")
+
+
+def phrased_questions(phrasing: str, out: Path) -> Path:
+    """The validation questions rewritten in one of SWITCH_PHRASINGS (JSONL at `out`)."""
+    from playground.toyworld import SHORT_ANSWER_SUFFIX
+
+    rows = [json.loads(line) for line in (EVAL_TOY / "llava_toy_val.jsonl").read_text().splitlines()]
+    for row in rows:
+        bare = row["text"].removesuffix(SHORT_ANSWER_SUFFIX)
+        row["text"] = {"short": row["text"], "bare": bare, "conversational": f"Can you tell me: {bare}"}[
+            phrasing
+        ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
 def stage_switch_eval() -> dict:
+    """The switch's F1 and exact names in every phrasing; the "short" ones are also the top-level keys."""
     sys.path.insert(0, str(ROOT / "SwiLLaVA"))
     from swillava.infer import SwitchAdapter, toy_switch_metrics
 
     adapter = SwitchAdapter.from_pretrained(CKPT / "switch", max_new_tokens=24)
-    return toy_switch_metrics(
-        adapter,
-        str(EVAL_TOY / "llava_toy_val.jsonl"),
-        str(EVAL_TOY / "toy_val_annotations.json"),
-        str(TOY / "images"),
-        batch_size=32,
-    )
+    by_phrasing = {
+        phrasing: toy_switch_metrics(
+            adapter,
+            str(phrased_questions(phrasing, DEMO / "answers" / f"switch_val_{phrasing}.jsonl")),
+            str(EVAL_TOY / "toy_val_annotations.json"),
+            str(TOY / "images"),
+            batch_size=32,
+        )
+        for phrasing in SWITCH_PHRASINGS
+    }
+    return {**by_phrasing["short"], "phrasings": by_phrasing}
 
 
 # --- the FaST agent on the toy V*-style set ----------------------------------------------------------
 VSTAR_TOY = PLAYGROUND / "data" / "eval" / "vstar_toy"
+VSTAR_CALIB = PLAYGROUND / "data" / "eval" / "vstar_toy_calib"  # held out: the routing threshold's
 AGENT_DIR = DEMO / "agent"
-# name: (mode, evidence). The last two are the evidence ablation; "fast" is its roi+seg entry.
+# name: (mode, evidence). The last two are the evidence ablation; "fast" is its roi+seg entry. Every
+# "fast" run but "fast_no_confidence" routes unsure answers with the calibrated threshold.
 AGENT_RUNS = {
     "system1": ("system1", "roi+seg"),
     "system2_always": ("system2_always", "roi+seg"),
+    "fast_no_confidence": ("fast", "roi+seg"),
     "fast": ("fast", "roi+seg"),
     "fast_roi": ("fast", "roi"),
     "fast_seg": ("fast", "seg"),
@@ -280,10 +308,15 @@ AGENT_KNOBS = {
     # crop of SEAL's unpadded view would cut off, and the toy models saw padded images only.
     "option_image_view": "padded",
 }
+# The threshold is the most accurate one on the held-out split whose System-2 rate keeps FaST within
+# this fraction of System 2 always's seconds per question (the acceptance target is 0.6: a margin).
+CALIBRATION_TIME_BUDGET = 0.5
+# Extra thresholds the accuracy-cost curve runs the agent at, besides 0 and the calibrated one.
+CURVE_THRESHOLDS = (0.1, 0.25, 0.4, 0.6, 0.8, 0.95)
 REPORT_OVERLAYS = 4
 
 
-def agent_config(mode: str = "fast", evidence: str = "roi+seg"):
+def agent_config(mode: str = "fast", evidence: str = "roi+seg", confidence_threshold: float = 0.0):
     """The demo's AgentConfig: the four toy checkpoints, questions asked as the adapters were trained."""
     from fast.config import AgentConfig
     from playground.toyworld import SHORT_ANSWER_SUFFIX
@@ -296,6 +329,7 @@ def agent_config(mode: str = "fast", evidence: str = "roi+seg"):
         mode=mode,
         evidence=evidence,
         question_suffix=SHORT_ANSWER_SUFFIX,
+        confidence_threshold=confidence_threshold if mode == "fast" else 0.0,
         **AGENT_KNOBS,
     )
 
@@ -308,14 +342,19 @@ def vstar_toy_is_hard(bbox: list[float]) -> bool:
 
 
 def vstar_toy_scores(answers_file: Path) -> dict:
-    """Accuracy on easy, hard and all questions and the System-2 rate (overall, hard, easy)."""
+    """Accuracy on easy, hard and all questions, the System-2 rate (overall, hard, easy) and why
+    questions went to System 2 (`route` counts)."""
     counts = {"easy": [0, 0, 0], "hard": [0, 0, 0]}  # questions, correct, System 2
+    routes: dict[str, int] = {}
     for line in answers_file.read_text().splitlines():
         meta = json.loads(line)["metadata"]
         c = counts["hard" if vstar_toy_is_hard(meta["bbox"][0]) else "easy"]
         c[0] += 1
         c[1] += bool(meta["correct"])
         c[2] += meta["system"] == "system2"
+        route = meta["trace"].get("route")
+        if route:
+            routes[route] = routes.get(route, 0) + 1
     (ne, ce, se), (nh, ch, sh_) = counts["easy"], counts["hard"]
     return {
         "acc_easy": ce / max(1, ne),
@@ -326,11 +365,61 @@ def vstar_toy_scores(answers_file: Path) -> dict:
         "system2_rate_easy": se / max(1, ne),
         "n_easy": ne,
         "n_hard": nh,
+        "routes": routes,
     }
 
 
+def run_agent(model, config, bench: Path, answers: Path) -> dict:
+    """One clean, whole run of the agent over a V*-style folder: scores and seconds per question."""
+    from fast.agent import FastAgent
+    from fast.run import answer_vstar
+
+    for f in (answers, answers.with_name(answers.stem + ".traces.jsonl")):
+        f.unlink(missing_ok=True)  # its time per question is the measurement
+    summary = answer_vstar(FastAgent(config, model), bench, answers, batch_size=config.batch_size)
+    return {**vstar_toy_scores(answers), "sec_per_question": summary["sec_per_question"]}
+
+
+def calibrate(model) -> dict:
+    """The confidence threshold, from FaST (routing off) and System 2 always on the held-out split."""
+    from fast.calibration import RoutingOutcome, choose_threshold, system2_rate_budget
+
+    out = AGENT_DIR / "calibration"
+    out.mkdir(parents=True, exist_ok=True)
+    fast = run_agent(model, agent_config(), VSTAR_CALIB, out / "fast_no_confidence.jsonl")
+    always = run_agent(model, agent_config("system2_always"), VSTAR_CALIB, out / "system2_always.jsonl")
+
+    def rows(name: str) -> dict[str, dict]:
+        lines = (out / f"{name}.jsonl").read_text().splitlines()
+        return {r["question_id"]: r["metadata"] for r in map(json.loads, lines)}
+
+    fast_rows, always_rows = rows("fast_no_confidence"), rows("system2_always")
+    outcomes = [
+        RoutingOutcome(
+            bool(m["correct"]),
+            m["system"] == "system2",
+            m["trace"]["confidence"],
+            bool(always_rows[q]["correct"]),
+        )
+        for q, m in fast_rows.items()
+    ]
+    max_rate = system2_rate_budget(
+        fast["sec_per_question"], fast["system2_rate"], always["sec_per_question"], CALIBRATION_TIME_BUDGET
+    )
+    choice = choose_threshold(outcomes, max_system2_rate=min(1.0, max_rate))
+    choice.update(
+        split=VSTAR_CALIB.name,
+        time_budget=CALIBRATION_TIME_BUDGET,
+        runs={"fast_no_confidence": fast, "system2_always": always},
+    )
+    (out / "calibration.json").write_text(json.dumps(choice, indent=1))
+    return choice
+
+
 def stage_agent_eval() -> dict:
-    """System 1 only, System 2 always and FaST (and FaST per evidence mode) on one loaded agent."""
+    """System 1 only, System 2 always, FaST without and with confidence routing (and FaST per evidence
+    mode), and the accuracy-cost curve over thresholds, on one loaded agent. The threshold is calibrated
+    on the held-out split first."""
     from fast.agent import FastAgent
     from fast.model import FastModel
     from fast.run import answer_vstar
@@ -343,20 +432,39 @@ def stage_agent_eval() -> dict:
     for f in (warmup, warmup.with_name("warmup.traces.jsonl")):
         f.unlink(missing_ok=True)
     answer_vstar(FastAgent(agent_config("system2_always"), model), VSTAR_TOY, warmup, num_chunks=50)
+    calibration = calibrate(model)
+    threshold = calibration["threshold"]
+    print(
+        f"[demo] confidence threshold {threshold:.4f} (held-out: {json.dumps(calibration['off'])})",
+        flush=True,
+    )
     runs = {}
     for name, (mode, evidence) in AGENT_RUNS.items():
-        answers = AGENT_DIR / f"{name}.jsonl"
-        for f in (answers, answers.with_name(f"{name}.traces.jsonl")):
-            f.unlink(missing_ok=True)  # a clean, whole run: its time per question is the measurement
-        config = agent_config(mode, evidence)
-        summary = answer_vstar(FastAgent(config, model), VSTAR_TOY, answers, batch_size=config.batch_size)
-        runs[name] = {**vstar_toy_scores(answers), "sec_per_question": summary["sec_per_question"]}
+        config = agent_config(mode, evidence, 0.0 if name == "fast_no_confidence" else threshold)
+        runs[name] = run_agent(model, config, VSTAR_TOY, AGENT_DIR / f"{name}.jsonl")
         print(f"[demo] agent {name}: {json.dumps(runs[name])}", flush=True)
+    curve = [{"threshold": 0.0, **runs["fast_no_confidence"]}, {"threshold": threshold, **runs["fast"]}]
+    for t in CURVE_THRESHOLDS:
+        r = run_agent(
+            model, agent_config(confidence_threshold=t), VSTAR_TOY, AGENT_DIR / "curve" / f"fast_{t}.jsonl"
+        )
+        curve.append({"threshold": t, **r})
+    curve.sort(key=lambda p: p["threshold"])
     keys = ("acc_easy", "acc_hard", "acc_all", "sec_per_question")
     result = {
         "system1": {k: runs["system1"][k] for k in keys},
         "system2_always": {k: runs["system2_always"][k] for k in keys},
-        "fast": {**{k: runs["fast"][k] for k in keys}, "system2_rate": runs["fast"]["system2_rate"]},
+        "fast": {
+            **{k: runs["fast"][k] for k in keys},
+            "system2_rate": runs["fast"]["system2_rate"],
+            "confidence_threshold": threshold,
+        },
+        "fast_no_confidence": {
+            **{k: runs["fast_no_confidence"][k] for k in keys},
+            "system2_rate": runs["fast_no_confidence"]["system2_rate"],
+        },
+        "calibration": {k: v for k, v in calibration.items() if k not in ("sweep", "runs")},
+        "curve": curve,
         "memory": {
             "agent_params": model.memory.agent_params,
             "llava_plus_sam_params": model.memory.llava_plus_sam_params,
@@ -364,7 +472,7 @@ def stage_agent_eval() -> dict:
         "memory_breakdown": model.memory.breakdown,
         "evidence_ablation": {"roi": runs["fast_roi"], "seg": runs["fast_seg"], "roi+seg": runs["fast"]},
         "runs": runs,
-        "agent_config": json.loads(agent_config().to_json()),
+        "agent_config": json.loads(agent_config(confidence_threshold=threshold).to_json()),
     }
     (AGENT_DIR / "agent_eval.json").write_text(json.dumps(result, indent=1))
     return result
@@ -374,13 +482,35 @@ def agent_acceptance(result: dict) -> dict[str, bool]:
     """The agent's acceptance targets, measured on the toy V*-style set."""
     s1, s2, fast, mem = result["system1"], result["system2_always"], result["fast"], result["memory"]
     return {
-        "fast acc >= System-2-always acc - 1 pt": fast["acc_all"] >= s2["acc_all"] - 0.01,
+        "fast acc >= System-2-always acc": fast["acc_all"] >= s2["acc_all"],
         "fast hard acc >= System-1 hard acc + 20 pts": fast["acc_hard"] >= s1["acc_hard"] + 0.20,
         "fast sec/question <= 0.6 x System-2-always": fast["sec_per_question"]
         <= 0.6 * s2["sec_per_question"],
         "agent_params <= 1.1 x llava_plus_sam_params": mem["agent_params"]
         <= 1.1 * mem["llava_plus_sam_params"],
     }
+
+
+ROI_STAGE_BUDGET_S = 180.0
+
+
+def demo_acceptance(results: dict) -> dict[str, bool | None]:
+    """Every toy acceptance target in `results.json` (None: the stage did not run)."""
+    checks: dict[str, bool | None] = {}
+    if "fast" in results and "memory" in results:
+        checks.update(agent_acceptance(results))
+    roi = results.get("roi")
+    if roi is not None:
+        seconds = sum(results.get("timings", {}).get(k, 0.0) for k in ("roi_train", "roi_eval"))
+        checks["ROI covers the target on >= 0.85 of hard questions"] = roi["target_covered_rate_hard"] >= 0.85
+        checks["ROI fallback rate <= 0.02"] = roi["fallback_rate"] <= 0.02
+        checks["ROI stage (train + eval) <= 180 s"] = seconds <= ROI_STAGE_BUDGET_S if seconds else None
+    switch = results.get("switch")
+    if switch is not None:
+        for phrasing, m in switch.get("phrasings", {"short": switch}).items():
+            checks[f"switch F1 >= 0.95 ({phrasing})"] = m["f1_system2"] >= 0.95
+            checks[f"switch names exact >= 0.95 ({phrasing})"] = m["object_names_exact"] >= 0.95
+    return checks
 
 
 def agent_table(result: dict) -> str:
@@ -392,14 +522,77 @@ def agent_table(result: dict) -> str:
     rows = [
         ("System 1 only", result["system1"], 0.0),
         ("System 2 always", result["system2_always"], 1.0),
-        ("FaST", result["fast"], result["fast"]["system2_rate"]),
     ]
+    if "fast_no_confidence" in result:
+        rows.append(
+            (
+                "FaST, no confidence routing",
+                result["fast_no_confidence"],
+                result["fast_no_confidence"]["system2_rate"],
+            )
+        )
+    label = (
+        "FaST"
+        if "confidence_threshold" not in result["fast"]
+        else f"FaST (threshold {result['fast']['confidence_threshold']:.3f})"
+    )
+    rows.append((label, result["fast"], result["fast"]["system2_rate"]))
     for label, r, rate in rows:
         lines.append(
             f"| {label} | {r['acc_easy']:.3f} | {r['acc_hard']:.3f} | {r['acc_all']:.3f} | {rate:.3f} "
             f"| {r['sec_per_question']:.4f} |"
         )
     return "\n".join(lines)
+
+
+def accuracy_cost_plot(result: dict, path: Path) -> Path:
+    """A PNG of accuracy against seconds per question: System 1, System 2 always, FaST without confidence
+    routing, FaST with the calibrated threshold, and the curve of FaST over thresholds."""
+    from PIL import Image, ImageDraw
+
+    width, height, margin = 720, 480, 70
+    curve = result["curve"]
+    named = [
+        ("System 1", result["system1"], (90, 90, 90)),
+        ("System 2 always", result["system2_always"], (200, 60, 60)),
+        ("FaST, no confidence", result["fast_no_confidence"], (60, 120, 220)),
+        (f"FaST, threshold {result['fast']['confidence_threshold']:.3f}", result["fast"], (30, 160, 60)),
+    ]
+    xs = [p["sec_per_question"] for p in curve] + [r["sec_per_question"] for _, r, _ in named]
+    ys = [p["acc_all"] for p in curve] + [r["acc_all"] for _, r, _ in named]
+    x0, x1 = 0.0, max(xs) * 1.1
+    y0, y1 = max(0.0, min(ys) - 0.05), min(1.0, max(ys) + 0.03)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (
+            margin + (x - x0) / (x1 - x0) * (width - 2 * margin),
+            height - margin - (y - y0) / (y1 - y0) * (height - 2 * margin),
+        )
+
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.line([at(x0, y0), at(x1, y0)], fill="black")
+    draw.line([at(x0, y0), at(x0, y1)], fill="black")
+    for k in range(5):
+        x, y = x0 + (x1 - x0) * k / 4, y0 + (y1 - y0) * k / 4
+        draw.text((at(x, y0)[0] - 12, height - margin + 6), f"{x:.3f}", fill="black")
+        draw.text((8, at(x0, y)[1] - 6), f"{y:.3f}", fill="black")
+    draw.text((width / 2 - 80, height - 30), "seconds per question", fill="black")
+    draw.text((8, 12), "accuracy (all questions)", fill="black")
+    draw.line([at(p["sec_per_question"], p["acc_all"]) for p in curve], fill=(150, 190, 150), width=2)
+    for p in curve:
+        cx, cy = at(p["sec_per_question"], p["acc_all"])
+        draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], outline=(30, 160, 60))
+        draw.text((cx + 5, cy + 3), f"{p['threshold']:.2f}", fill=(110, 150, 110))
+    for k, (label, r, colour) in enumerate(named):
+        cx, cy = at(r["sec_per_question"], r["acc_all"])
+        draw.rectangle([cx - 5, cy - 5, cx + 5, cy + 5], fill=colour)
+        draw.rectangle([width - 250, 40 + 18 * k, width - 240, 50 + 18 * k], fill=colour)
+        draw.text((width - 232, 39 + 18 * k), label, fill="black")
+    draw.text((width - 250, 40 + 18 * len(named)), "o  FaST at each threshold", fill=(30, 160, 60))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
 
 
 def stage_agent_report() -> dict:
@@ -421,6 +614,7 @@ def stage_agent_report() -> dict:
     picked = right[: REPORT_OVERLAYS - min(1, len(wrong))] + wrong[:1]
     picked += [t for t in right + wrong if t not in picked][: REPORT_OVERLAYS - len(picked)]
     mem = result["memory"]
+    plot = accuracy_cost_plot(result, overlays / "accuracy_cost.png")
     parts = [
         "# FaST on the toy V*-style set",
         "",
@@ -432,6 +626,29 @@ def stage_agent_report() -> dict:
         "## Acceptance",
         "",
         *[f"- [{'x' if ok else ' '}] {name}" for name, ok in agent_acceptance(result).items()],
+        "",
+        "## Confidence routing: accuracy against cost",
+        "",
+        f"The threshold ({result['fast']['confidence_threshold']:.4f}) was calibrated on the held-out split "
+        f"`{result['calibration']['split']}` ({result['calibration']['n']} questions): the most accurate one "
+        f"whose System-2 rate stays within {result['calibration']['max_system2_rate']:.3f} (FaST within "
+        f"{result['calibration']['time_budget']} x System 2 always's time). There it scored "
+        f"{result['calibration']['accuracy']:.3f} against {result['calibration']['off']['accuracy']:.3f} "
+        "without routing. A System-1 answer is routed when its confidence (the margin between the two most "
+        "likely options) is below the threshold.",
+        "",
+        f"![accuracy against seconds per question]({plot.relative_to(DEMO)})",
+        "",
+        "| threshold | acc_easy | acc_hard | acc_all | System-2 rate | s/question |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {p['threshold']:.3f} | {p['acc_easy']:.3f} | {p['acc_hard']:.3f} | {p['acc_all']:.3f} "
+            f"| {p['system2_rate']:.3f} | {p['sec_per_question']:.4f} |"
+            for p in result["curve"]
+        ],
+        "",
+        "Why FaST's questions went to System 2: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(result["runs"]["fast"]["routes"].items())),
         "",
         "## Memory (resident parameters, each tensor once)",
         "",
@@ -478,8 +695,9 @@ def stage_agent_report() -> dict:
 
 
 def agent_results(result: dict) -> dict:
-    """The agent's keys of `results.json`: system1, system2_always, fast, memory."""
-    return {k: result[k] for k in ("system1", "system2_always", "fast", "memory")}
+    """The agent's keys of `results.json`: the systems, the calibration, the curve and memory."""
+    keys = ("system1", "system2_always", "fast", "fast_no_confidence", "calibration", "curve", "memory")
+    return {k: result[k] for k in keys if k in result}
 
 
 # --- the segmentation adapter ------------------------------------------------------------------------
@@ -587,12 +805,15 @@ def main() -> None:
         results.update(agent_results(agent))
         results["evidence_ablation"] = agent["evidence_ablation"]
     results["timings"] = {k: round(v, 1) for k, v in timings.items()}
+    results["acceptance"] = demo_acceptance(results)
     (DEMO / "results.json").write_text(json.dumps(results, indent=1))
     s1 = results["system1_toy_vqa"]
     print("\nSystem 1 on the toy VQA validation set (open answers):")
     print(f"  acc_easy {s1['acc_easy']:.3f}  acc_hard {s1['acc_hard']:.3f}  acc_all {s1['acc_all']:.3f}")
     if agent is not None:
         print(agent_table(agent))
+    for name, ok in results["acceptance"].items():
+        print(f"  [{'x' if ok else ' ' if ok is not None else '?'}] {name}")
     print(f"\ntimings (s): {results['timings']}\nwritten: {DEMO / 'results.json'}")
 
 

@@ -36,7 +36,7 @@ def toy_world(tmp_path_factory) -> dict:
     from playground.toyworld import WorldSize, generate
 
     root = tmp_path_factory.mktemp("toy")
-    size = WorldSize(train=24, val=12, vstar=6, seg_train=4, seg_val=3)
+    size = WorldSize(train=24, val=12, vstar=6, vstar_calib=3, seg_train=4, seg_val=3)
     summary = generate(root / "playground", root / "dataset", seed=0, size=size)
     return {"playground": root / "playground", "dataset": root / "dataset", "summary": summary, "size": size}
 

@@ -748,3 +748,86 @@ def test_decision_modes_agree(fast_model, image):
     mc_decoding = agent(fast_model, switch_decision="generate").answer(image, QUESTION, options=options)
     assert mc_pass.option_losses == pytest.approx(mc_decoding.option_losses, abs=1e-4)
     assert mc_pass.switch_text is None and mc_pass.system == "system1"  # options need no decoded answer
+
+
+# --- routing: unsure and garbled System-1 replies go to System 2 ----------------------------------------
+def test_confidence_is_the_answers_token_probability_and_routes_below_the_threshold(fast_model, image):
+    other = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    requests = [Request("a", QUESTION, image), Request("b", "What color is the square?", other)]
+    plain = agent(fast_model).answer_batch(requests)
+    assert [t.system for t in plain] == ["system1", "system1"] and all(t.route is None for t in plain)
+    # the confidence is the geometric mean of the greedy tokens' probabilities (EOS included), as the
+    # standalone switch's own `generate` scores them
+    fast_model.use(SWITCH)
+    sw = fast_model.switch
+    for t, r in zip(plain, requests):
+        batch = sw._batch([sw.build_prompt(r.image, r.question)])
+        with torch.no_grad():
+            out = sw.model.llava.generate(
+                inputs_embeds=sw._embed(batch), attention_mask=batch["attention_mask"], max_new_tokens=6,
+                do_sample=False, eos_token_id=sw.tokenizer.eos_token_id, pad_token_id=sw.tokenizer.pad_token_id,
+                output_scores=True, return_dict_in_generate=True,
+            )  # fmt: skip
+        tokens = out.sequences[0].tolist()  # with only inputs_embeds: the new tokens alone
+        logprobs = [torch.log_softmax(s[0].float(), -1)[k].item() for s, k in zip(out.scores, tokens)]
+        assert sw.tokenizer.decode(tokens, skip_special_tokens=True).strip() == t.switch_text
+        assert t.confidence == pytest.approx(float(np.exp(np.mean(logprobs))), rel=1e-4)
+        assert 0 < t.confidence <= 1
+    # a threshold between the two confidences sends only the less sure one to System 2, which then
+    # answers it exactly as System 2 always would
+    low, high = sorted(plain, key=lambda t: t.confidence)
+    threshold = (low.confidence + high.confidence) / 2
+    routed = {
+        t.question_id: t for t in agent(fast_model, confidence_threshold=threshold).answer_batch(requests)
+    }
+    always = {t.question_id: t for t in agent(fast_model, mode="system2_always").answer_batch(requests)}
+    assert routed[high.question_id].system == "system1" and routed[high.question_id].answer == high.answer
+    r, s2 = routed[low.question_id], always[low.question_id]
+    assert (r.system, r.route, r.forced_system2) == ("system2", "low_confidence", False)
+    assert r.missing_objects == s2.missing_objects and r.answer == s2.answer
+    assert r.evidence_prompt == s2.evidence_prompt and "switch" in r.latency and "roi" in r.latency
+
+
+def test_option_margin_routes_multiple_choice(fast_model, image):
+    from fast.switch_pass import option_confidence
+
+    options = ["plain", "checkered", "vertical stripes"]
+    for view in ("padded", "unpadded"):  # scored in the shared pass, or on their own view first
+        plain = agent(fast_model, option_image_view=view).answer(image, QUESTION, options=options)
+        assert plain.system == "system1"
+        probs = np.sort(np.exp(-np.array(plain.option_losses)) / np.exp(-np.array(plain.option_losses)).sum())
+        assert plain.confidence == pytest.approx(probs[-1] - probs[-2], abs=1e-6)
+        assert option_confidence(plain.option_losses) == plain.confidence
+        up = agent(fast_model, option_image_view=view, confidence_threshold=min(1.0, plain.confidence + 1e-3))
+        routed = up.answer(image, QUESTION, options=options)
+        s2 = agent(fast_model, mode="system2_always", option_image_view=view).answer(
+            image, QUESTION, options=options
+        )
+        assert (routed.system, routed.route) == ("system2", "low_confidence")
+        assert (
+            routed.option_losses == pytest.approx(s2.option_losses, abs=1e-5) and routed.answer == s2.answer
+        )
+        down = agent(
+            fast_model, option_image_view=view, confidence_threshold=max(0.0, plain.confidence - 1e-3)
+        )
+        assert down.answer(image, QUESTION, options=options).system == "system1"
+    assert option_confidence([0.7]) == 1.0
+
+
+def test_suffix_is_never_added_twice(fast_model, image):
+    suffix = "\nAnswer the question using a single word or phrase."
+    a = agent(fast_model, question_suffix=suffix)
+    bare, suffixed = a.answer(image, QUESTION), a.answer(image, QUESTION + suffix)
+    assert (bare.switch_text, bare.answer, bare.confidence) == (
+        suffixed.switch_text, suffixed.answer, suffixed.confidence,
+    )  # fmt: skip
+    assert a._question(Request("x", QUESTION + suffix + "  ", None)).count(suffix.strip()) == 1
+
+
+def test_confidence_threshold_is_checked():
+    with pytest.raises(ValueError, match="confidence_threshold must be in"):
+        AgentConfig(base="b", switch="s", mode="system1", confidence_threshold=1.5)
+    with pytest.raises(ValueError, match="needs switch_decision 'prefix'"):
+        AgentConfig(
+            base="b", switch="s", mode="system1", switch_decision="generate", confidence_threshold=0.2
+        )

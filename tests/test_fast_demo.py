@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 from test_fast_agent import _one_thread, fast_checkpoints  # noqa: F401
 
 import playground.demo as demo
@@ -18,6 +19,8 @@ def demo_paths(tiny_base, toy_world, tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DEMO", tmp_path)
     monkeypatch.setattr(demo, "AGENT_DIR", tmp_path / "agent")
     monkeypatch.setattr(demo, "VSTAR_TOY", toy_world["playground"] / "data" / "eval" / "vstar_toy")
+    monkeypatch.setattr(demo, "VSTAR_CALIB", toy_world["playground"] / "data" / "eval" / "vstar_toy_calib")
+    monkeypatch.setattr(demo, "CURVE_THRESHOLDS", (0.5,))
     knobs = {"switch_max_new_tokens": 4, "roi_max_new_tokens": 6, "answer_max_new_tokens": 3, "batch_size": 4}
     monkeypatch.setattr(demo, "AGENT_KNOBS", knobs)
     return tmp_path
@@ -45,14 +48,54 @@ def test_agent_stages_write_results_and_report(demo_paths, toy_world):
     small, large = SMALL_SIDE[1] + 2, 0.9 * LARGE_SIDE[0]  # rasterised shapes: a pixel or so either way
     assert all(s <= small or s >= large for s in sizes)
     assert all((s <= small) == demo.vstar_toy_is_hard([0, 0, s, s]) for s in sizes)
-    assert set(demo.agent_results(result)) == {"system1", "system2_always", "fast", "memory"}
-    assert "| FaST |" in demo.agent_table(result) and len(demo.agent_acceptance(result)) == 4
+    assert set(demo.agent_results(result)) == {
+        "system1", "system2_always", "fast", "fast_no_confidence", "calibration", "curve", "memory",
+    }  # fmt: skip
+    assert "| FaST (threshold" in demo.agent_table(result) and len(demo.agent_acceptance(result)) == 4
+    # the threshold was calibrated on the held-out split (3 questions), and the curve ran the agent at
+    # 0, that threshold and each extra one
+    calibration = json.loads((demo_paths / "agent" / "calibration" / "calibration.json").read_text())
+    assert (
+        calibration["n"] == toy_world["size"].vstar_calib
+        and calibration["threshold"] == result["fast"]["confidence_threshold"]
+    )
+    assert calibration["threshold"] in [p["threshold"] for p in calibration["sweep"]]
+    assert [p["threshold"] for p in result["curve"]] == sorted([0.0, 0.5, calibration["threshold"]])
+    assert result["curve"][0]["acc_all"] == result["fast_no_confidence"]["acc_all"]
+    no_routing = result["runs"]["fast_no_confidence"]
+    assert result["agent_config"]["confidence_threshold"] == calibration["threshold"]
+    assert sum(no_routing["routes"].values()) == round(no_routing["system2_rate"] * n)
 
     # the report shows System-2 traces: make the fast run's traces System 2 by using system2_always's
     agent_dir = demo_paths / "agent"
     (agent_dir / "fast.traces.jsonl").write_text((agent_dir / "system2_always.traces.jsonl").read_text())
     out = demo.stage_agent_report()
     report = (demo_paths / "report.md").read_text()
-    assert out["overlays"] == min(demo.REPORT_OVERLAYS, n) and report.count("![") == out["overlays"]
+    assert out["overlays"] == min(demo.REPORT_OVERLAYS, n) and report.count("![") == out["overlays"] + 1
     assert "## Acceptance" in report and "## Evidence ablation" in report and "| System 2 always |" in report
-    assert len(list((demo_paths / "report").glob("*.png"))) == out["overlays"]
+    assert "## Confidence routing" in report and "accuracy_cost.png" in report
+    assert len(list((demo_paths / "report").glob("*.png"))) == out["overlays"] + 1
+    with Image.open(demo_paths / "report" / "accuracy_cost.png") as plot:
+        assert plot.size == (720, 480) and len(plot.getcolors(1 << 16)) > 5
+
+
+def test_demo_acceptance_reads_every_target():
+    results = {
+        "system1": {"acc_hard": 0.3},
+        "system2_always": {"acc_all": 0.9, "sec_per_question": 0.1},
+        "fast": {"acc_all": 0.91, "acc_hard": 0.95, "sec_per_question": 0.05},
+        "memory": {"agent_params": 105, "llava_plus_sam_params": 100},
+        "roi": {"target_covered_rate_hard": 0.9, "fallback_rate": 0.03},
+        "switch": {"phrasings": {
+            "short": {"f1_system2": 0.99, "object_names_exact": 0.96},
+            "bare": {"f1_system2": 0.97, "object_names_exact": 0.9},
+        }},
+        "timings": {"roi_train": 150.0, "roi_eval": 20.0},
+    }  # fmt: skip
+    checks = demo.demo_acceptance(results)
+    failed = sorted(name for name, ok in checks.items() if not ok)
+    assert failed == ["ROI fallback rate <= 0.02", "switch names exact >= 0.95 (bare)"]
+    assert len(checks) == 4 + 3 + 4
+    results["fast"]["acc_all"] = 0.89
+    assert not demo.demo_acceptance(results)["fast acc >= System-2-always acc"]
+    assert demo.demo_acceptance({}) == {}

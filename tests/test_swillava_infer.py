@@ -10,7 +10,14 @@ from torch.nn import functional as F
 
 from playground.toyworld.world import MISSING_OBJECTS_PREFIX as TOY_PREFIX
 from playground.toyworld.world import missing_objects_answer
-from swillava.infer import SwitchAdapter, SwitchDecision, parse_missing_objects, toy_switch_metrics
+from swillava.infer import (
+    REPLY_KINDS,
+    SwitchAdapter,
+    SwitchDecision,
+    parse_missing_objects,
+    switch_reply_kind,
+    toy_switch_metrics,
+)
 from swillava.objects import MISSING_OBJECTS_PREFIX
 
 P = MISSING_OBJECTS_PREFIX
@@ -157,3 +164,33 @@ def test_toy_metrics_run_on_the_toy_val_set(adapter, toy_world, tmp_path):
     assert metrics["n_easy"] + metrics["n_hard"] == 6
     for key in ("f1_system2", "object_names_exact", "acc_hard_oracle_evidence", "acc_easy_direct"):
         assert 0.0 <= metrics[key] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("checkered", "answer"),
+        ("The blue object has horizontal stripes.", "answer"),
+        ("It is very very small.", "answer"),  # one word said twice is English
+        (MISSING_OBJECTS_PREFIX + " blue object.", "missing"),
+        (
+            "  sorry, I cannot answer the question. Some visual information about the following objects is "
+            "missing or unclear: star.",
+            "missing",
+        ),
+        # the README's command without the short-answer suffix once returned this as an answer
+        (
+            "The blue object. Some visual information about information about the blue object is missing "
+            "or unclear: blue.",
+            "garbled",
+        ),
+        ("blue. Sorry, I can not answer the question.", "garbled"),
+        ("the object is missing or unclear", "garbled"),
+        ("stripes on the stripes on the", "garbled"),
+        ("", "garbled"),
+        ("   \n", "garbled"),
+    ],
+)
+def test_switch_reply_kind(text, kind):
+    assert switch_reply_kind(text) == kind
+    assert kind in REPLY_KINDS

@@ -15,7 +15,7 @@ from roillava.boxes import cos_box_from_params
 
 
 def test_same_seed_same_world(tmp_path, toy_world):
-    size = WorldSize(train=6, val=4, vstar=3, seg_train=2, seg_val=2)
+    size = WorldSize(train=6, val=4, vstar=3, vstar_calib=2, seg_train=2, seg_val=2)
     a = generate(tmp_path / "a" / "playground", tmp_path / "a" / "dataset", seed=0, size=size)
     b = generate(tmp_path / "b" / "playground", tmp_path / "b" / "dataset", seed=0, size=size)
     assert a == b
@@ -171,3 +171,39 @@ def test_formats(toy_world):
 def test_roi_params_rejects_boxes_outside_the_image(bad):
     with pytest.raises(ValueError, match="outside the 448x336 image"):
         roi_params(bad, 448, 336)
+
+
+def test_switch_data_is_asked_in_every_phrasing_and_calibration_is_held_out(toy_world):
+    """The switch sees short-answer, bare and conversational questions; the calibration split shares no
+    image with the evaluation split."""
+    from playground.toyworld.world import CONVERSATIONAL_TEMPLATES, SHORT_ANSWER_SUFFIX
+
+    pg = toy_world["playground"]
+    seal = pg / "data/toy/seal"
+    direct = json.loads((seal / "toy_direct_data.json").read_text())
+    focus = json.loads((seal / "toy_focus_data.json").read_text())
+    negatives = json.loads((seal / "toy_negative_data.json").read_text())
+    turns = [
+        (h["value"].removeprefix("<image>\n"), g["value"], kind)
+        for kind, records in (("direct", direct), ("focus", focus), ("negative", negatives))
+        for rec in records
+        for h, g in zip(rec["conversations"][::2], rec["conversations"][1::2])
+    ]
+    short = [t for t in turns if t[0].endswith(SHORT_ANSWER_SUFFIX)]
+    other = [t for t in turns if not t[0].endswith(SHORT_ANSWER_SUFFIX)]
+    assert short and other and all(t[0].count(SHORT_ANSWER_SUFFIX.strip()) <= 1 for t in turns)
+    wrappers = {tpl.split("{")[0] for tpl in CONVERSATIONAL_TEMPLATES if tpl.split("{")[0]}
+    assert any(t[0].split("Additional visual information to focus on: <object>.\n")[-1].startswith(w)
+               for t in other for w in wrappers)  # fmt: skip
+    for question, answer, kind in turns:
+        if kind == "negative":
+            assert answer.startswith(MISSING_OBJECTS_PREFIX)
+        elif question.endswith(SHORT_ANSWER_SUFFIX):
+            assert " " not in answer or answer in ("horizontal stripes", "vertical stripes")
+        else:
+            assert answer.startswith("The ") and answer.endswith(".")
+    calib = sorted((pg / "data/eval/vstar_toy_calib").rglob("*.json"))
+    bench = sorted((pg / "data/eval/vstar_toy").rglob("*.jpg"))
+    assert calib and bench
+    bench_bytes = {p.read_bytes() for p in bench}
+    assert not any(p.with_suffix(".jpg").read_bytes() in bench_bytes for p in calib)

@@ -78,6 +78,34 @@ def parse_missing_objects(text: str) -> list[str] | None:
     return names
 
 
+# Three or more consecutive words of the missing-objects sentence: a reply that quotes the sentence
+# anywhere but at its start is the switch mixing its two kinds of reply.
+_SENTENCE_WORDS = re.findall(r"\w+", MISSING_OBJECTS_PREFIX.lower())
+_SENTENCE_TRIGRAMS = {tuple(_SENTENCE_WORDS[k : k + 3]) for k in range(len(_SENTENCE_WORDS) - 2)}
+# A phrase of two or more words said twice in a row ("information about information about").
+_STUTTER = re.compile(r"\b(\w+(?:\s+\w+)+)\s+\1\b", re.IGNORECASE)
+REPLY_KINDS = ("answer", "missing", "garbled")
+
+
+def switch_reply_kind(text: str) -> str:
+    """What a switch reply is: "missing" (SEAL's missing-objects sentence, at the start), "answer" (a
+    direct answer) or "garbled": empty, quoting part of the sentence elsewhere, or stuttering. A garbled
+    reply is neither kind of reply the switch was trained on, so it must never be returned as an answer.
+    """
+    stripped = text.strip()
+    if not stripped:
+        return "garbled"
+    match = _MISSING.search(stripped)
+    if match is not None and match.start() == 0:
+        return "missing"
+    words = re.findall(r"\w+", stripped.lower())
+    if any(tuple(words[k : k + 3]) in _SENTENCE_TRIGRAMS for k in range(len(words) - 2)):
+        return "garbled"
+    if _STUTTER.search(stripped):
+        return "garbled"
+    return "answer"
+
+
 @dataclass(frozen=True)
 class SwitchDecision:
     """The switch probe's outcome: a System-1 answer, or the objects System 2 must find."""

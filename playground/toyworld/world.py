@@ -93,6 +93,26 @@ def grounding_turn(t: Target, width: int, height: int) -> tuple[str, str]:
     return GROUNDING_PROMPT.format(f"the {t.color} object"), "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
 
 
+# How a person may ask besides LLaVA's short-answer form: the bare question, or wrapped in conversation.
+CONVERSATIONAL_TEMPLATES = (
+    "{question}",
+    "Can you tell me: {question}",
+    "Please look closely at the image. {question}",
+    "I have a question about this picture. {question}",
+)
+
+
+def phrase(q: Question, rng: random.Random) -> tuple[str, bool]:
+    """A phrasing of `q` for the switch's data, and whether it asks for a short answer.
+
+    Half the questions carry LLaVA's short-answer suffix; the other half are bare or conversational and
+    are answered with a sentence. The switch thus decides from what is asked, not from how.
+    """
+    if rng.random() < 0.5:
+        return q.text + SHORT_ANSWER_SUFFIX, True
+    return rng.choice(CONVERSATIONAL_TEMPLATES).format(question=q.text), False
+
+
 def missing_objects_answer(names: list[str]) -> str:
     """SEAL's exact sentence, which the switch adapter emits when it needs System 2."""
     return f"{MISSING_OBJECTS_PREFIX} {', '.join(names)}."
@@ -175,6 +195,7 @@ class WorldSize:
     train: int = 4000
     val: int = 400
     vstar: int = 200
+    vstar_calib: int = 200  # held out: routing thresholds are calibrated here, never on `vstar`
     seg_train: int = 1000
     seg_val: int = 200
 
@@ -209,6 +230,9 @@ def generate(playground: Path, dataset: Path, *, seed: int = 0, size: WorldSize 
     _write_jsonl(eval_dir / "llava_toy_val.jsonl", val_rows)
     _write_json(eval_dir / "toy_val_annotations.json", val_ann)
     n_vstar = _write_vstar(seed, size.vstar, playground / "data" / "eval" / "vstar_toy")
+    _write_vstar(
+        seed, size.vstar_calib, playground / "data" / "eval" / "vstar_toy_calib", split="vstar-calib"
+    )
     n_seg = _write_seg(seed, size, dataset)
     return {
         "train_records": len(instruct),
@@ -263,13 +287,20 @@ def _train_item(seed: int, img_root: Path, i: int) -> tuple:
     # as SEAL's do, since each turn would need its own `<object>`.
     easy = [q for q in questions if q.difficulty == "easy"]
     hard = [q for q in questions if q.difficulty == "hard"]
-    direct = [_multi_turn_record(rel, [(q.text, q.answer) for q in easy])] if easy else []
-    focus = [_seal_record(rel, q, t) for q in hard]
+    switch_rng = random.Random(f"{seed}-switch-phrasing-{i}")
+    direct_turns = []
+    for q in easy:
+        text, short = phrase(q, switch_rng)
+        direct_turns.append((text, q.answer if short else sentence_answer(q)))
+    direct = [_multi_turn_record(rel, direct_turns)] if easy else []
+    focus = [_seal_record(rel, q, t, *phrase(q, switch_rng)) for q in hard]
     negative = []
     if hard:
         negative.append(
             {
-                **_multi_turn_record(rel, [(q.text, missing_objects_answer([q.target_name])) for q in hard]),
+                **_multi_turn_record(
+                    rel, [(phrase(q, switch_rng)[0], missing_objects_answer([q.target_name])) for q in hard]
+                ),
                 "target_instances": [
                     {"name": name, "bbox": list(t.bbox)} for name in {q.target_name: 0 for q in hard}
                 ],
@@ -284,23 +315,22 @@ def _save_image(img: Image.Image, path: Path) -> None:
 
 
 def _multi_turn_record(rel: str, turns: list[tuple[str, str]]) -> dict:
+    """A record of (question as asked, answer) turns on one image."""
     conversations = []
     for k, (question, answer) in enumerate(turns):
-        conversations.append(
-            {"from": "human", "value": ("<image>\n" if k == 0 else "") + question + SHORT_ANSWER_SUFFIX}
-        )
+        conversations.append({"from": "human", "value": ("<image>\n" if k == 0 else "") + question})
         conversations.append({"from": "gpt", "value": answer})
     return {"image": rel, "conversations": conversations}
 
 
-def _seal_record(rel: str, q: Question, evidence: Target | None) -> dict:
-    """A SEAL VQA record; with `evidence` the question carries an `<object>` focus prefix."""
+def _seal_record(rel: str, q: Question, evidence: Target | None, asked: str, short: bool) -> dict:
+    """A SEAL VQA record for `q` phrased as `asked`; with `evidence` it carries an `<object>` focus prefix."""
     prefix = "Additional visual information to focus on: <object>.\n" if evidence else ""
     rec = {
         "image": rel,
         "conversations": [
-            {"from": "human", "value": "<image>\n" + prefix + q.text + SHORT_ANSWER_SUFFIX},
-            {"from": "gpt", "value": q.answer},
+            {"from": "human", "value": "<image>\n" + prefix + asked},
+            {"from": "gpt", "value": q.answer if short else sentence_answer(q)},
         ],
     }
     if evidence is not None:
@@ -340,11 +370,11 @@ def _write_val(seed: int, n: int, img_root: Path) -> tuple[list[dict], dict]:
     return rows, ann
 
 
-def _write_vstar(seed: int, n: int, root: Path) -> int:
+def _write_vstar(seed: int, n: int, root: Path, split: str = "vstar") -> int:
     """V*Bench layout: `<category>/<stem>.jpg` + `<stem>.json`, options[0] correct."""
     for i in range(n):
-        rng = random.Random(f"{seed}-vstar-q-{i}")
-        scene = _scene(seed, "vstar", i, size="small" if rng.random() < 0.3 else "large")
+        rng = random.Random(f"{seed}-{split}-q-{i}")
+        scene = _scene(seed, split, i, size="small" if rng.random() < 0.3 else "large")
         t = scene.target
         roll = rng.random()
         if roll < 0.7 or t.size == "small":

@@ -1,0 +1,51 @@
+"""Calibrating the confidence threshold from two held-out runs, row by row."""
+
+import pytest
+
+from fast.calibration import (
+    RoutingOutcome,
+    candidate_thresholds,
+    choose_threshold,
+    evaluate_threshold,
+    system2_rate_budget,
+)
+
+# (FaST right, switch sent it to System 2, confidence, System 2 always right)
+OUTCOMES = [
+    RoutingOutcome(True, True, None, True),  # routed by the switch: System 2's answer
+    RoutingOutcome(False, False, 0.10, True),  # unsure and wrong: System 2 would fix it
+    RoutingOutcome(False, False, 0.30, True),
+    RoutingOutcome(True, False, 0.35, False),  # unsure but right: System 2 would break it
+    RoutingOutcome(True, False, 0.90, True),
+    RoutingOutcome(True, False, 0.95, False),
+]
+
+
+def test_each_threshold_is_replayed_row_by_row():
+    off = evaluate_threshold(OUTCOMES, 0.0)
+    assert (off.accuracy, off.system2_rate) == (pytest.approx(4 / 6), pytest.approx(1 / 6))
+    t = evaluate_threshold(OUTCOMES, 0.31)  # routes 0.10 and 0.30: both fixed
+    assert (t.accuracy, t.system2_rate) == (pytest.approx(6 / 6), pytest.approx(3 / 6))
+    t = evaluate_threshold(OUTCOMES, 0.36)  # also routes 0.35, which System 2 gets wrong
+    assert (t.accuracy, t.system2_rate) == (pytest.approx(5 / 6), pytest.approx(4 / 6))
+    everything = evaluate_threshold(OUTCOMES, 1.0)  # System 2 always
+    assert everything.accuracy == pytest.approx(4 / 6) and everything.system2_rate == 1.0
+    assert candidate_thresholds(OUTCOMES)[0] == 0.0 and len(candidate_thresholds(OUTCOMES)) == 6
+    with pytest.raises(ValueError, match="no held-out outcomes"):
+        evaluate_threshold([], 0.5)
+
+
+def test_the_most_accurate_affordable_and_lowest_threshold_is_chosen():
+    choice = choose_threshold(OUTCOMES, max_system2_rate=0.5)
+    assert choice["threshold"] == pytest.approx(0.30, abs=1e-5) and choice["accuracy"] == 1.0
+    assert choice["off"]["accuracy"] == pytest.approx(4 / 6) and len(choice["sweep"]) == 6
+    tight = choose_threshold(OUTCOMES, max_system2_rate=1 / 3)  # one extra row only: the 0.10 one
+    assert tight["threshold"] == pytest.approx(0.10, abs=1e-5) and tight["accuracy"] == pytest.approx(5 / 6)
+    none_affordable = choose_threshold(OUTCOMES, max_system2_rate=0.0)
+    assert none_affordable["threshold"] == 0.0
+
+
+def test_time_budget_as_a_system2_rate():
+    # FaST 0.04 s/q routing 30%, System 2 always 0.1 s/q, budget 0.5 x: 0.01 s to spare = 10% more rows
+    assert system2_rate_budget(0.04, 0.3, 0.1, 0.5) == pytest.approx(0.4)
+    assert system2_rate_budget(0.06, 0.3, 0.1, 0.5) == pytest.approx(0.3)  # already over: no more
