@@ -271,7 +271,8 @@ def stage_switch_eval() -> dict:
     sys.path.insert(0, str(ROOT / "SwiLLaVA"))
     from swillava.infer import SwitchAdapter, toy_switch_metrics
 
-    adapter = SwitchAdapter.from_pretrained(CKPT / "switch", max_new_tokens=24)
+    # SEAL's sentence with one name is 24 tokens of the toy tokenizer: room for longer names and lists
+    adapter = SwitchAdapter.from_pretrained(CKPT / "switch", max_new_tokens=48)
     by_phrasing = {
         phrasing: toy_switch_metrics(
             adapter,
