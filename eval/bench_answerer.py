@@ -164,9 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strict", action="store_true", help="exit 1 when a speed-up is under --min-speedup")
     p.add_argument("--json", default=None, help="also write the timings here")
     args = p.parse_args(argv)
-    from .run import ensure_siblings_importable
-
-    ensure_siblings_importable()
     cfg = BenchConfig(
         questions=args.questions,
         max_new_tokens=tuple(args.max_new_tokens),

@@ -23,6 +23,5 @@ done
 [[ -n "$MODEL" ]] || { echo "usage: bash eval/reasonseg.sh --model SEG_CKPT [--split val|test] ..." >&2; exit 2; }
 OUT="${OUT:-$DATA/reason_seg/ReasonSeg/answers/$SPLIT/$(basename "$MODEL")}"
 mkdir -p "$OUT"
-export PYTHONPATH="$REPO:$REPO/SegLLaVA${PYTHONPATH:+:$PYTHONPATH}"
-exec "$PY" -m segllava.validate --model "$MODEL" --dataset_dir "$DATA" --val_dataset "ReasonSeg|$SPLIT" \
+PYTHONSAFEPATH=1 exec "$PY" -m segllava.validate --model "$MODEL" --dataset_dir "$DATA" --val_dataset "ReasonSeg|$SPLIT" \
     --mode "$MODE" --out "$OUT/metrics.json" --predictions "$OUT/predictions.jsonl" ${REST[@]+"${REST[@]}"}

@@ -34,7 +34,6 @@ from .qa_files import AnswersBusy, QuestionFileError, model_signature, read_ques
 from .vstar_bench import VSTAR_DEFAULT_IMAGE_VIEW, VSTAR_IMAGE_VIEWS
 
 REPO = Path(__file__).resolve().parents[1]
-SIBLINGS = (REPO, REPO / "RoiLLaVA", REPO / "SwiLLaVA", REPO / "SegLLaVA")
 
 MODES = ("s1", "cos", "fast")
 DEFAULT_DATA_ROOT = REPO / "playground" / "data" / "eval"
@@ -104,7 +103,6 @@ def resolve_paths(bench: Benchmark, args: argparse.Namespace, ckpt: str) -> Benc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ensure_siblings_importable()
     from roillava.wording import ROI_WORDINGS
 
     p = argparse.ArgumentParser(
@@ -240,14 +238,6 @@ def write_prepared(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def sibling_env() -> dict[str, str]:
-    """The environment for a child process: the repo and its sibling projects importable."""
-    env = dict(os.environ)
-    extra = os.pathsep.join(str(p) for p in SIBLINGS)
-    env["PYTHONPATH"] = extra + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
 def fast_command(cfg: RunConfig, bench: Benchmark, paths: BenchPaths, out: Path) -> list[str]:
     """The composed agent's CLI (`python -m fast`) for this chunk."""
     if bench.likelihood:
@@ -313,7 +303,7 @@ def answer_chunk(cfg: RunConfig, bench: Benchmark, paths: BenchPaths) -> dict:
     if cfg.mode == "fast":
         cmd = fast_command(cfg, bench, paths, out)
         start = time.perf_counter()
-        rc = subprocess.run(cmd, env=sibling_env(), cwd=REPO).returncode
+        rc = subprocess.run(cmd, cwd=REPO).returncode
         if rc != 0:
             raise SystemExit(f"fast mode failed (exit {rc}): {' '.join(cmd)}")
         return {"seconds": time.perf_counter() - start}
@@ -370,7 +360,7 @@ def run_all_chunks(argv: list[str], gpus: list[str]) -> None:
     children = []
     for k, gpu in enumerate(gpus):
         child_argv = [*base, "--num-chunks", str(len(gpus)), "--chunk-idx", str(k), "--no-score", "--quiet"]
-        env = {**sibling_env(), "CUDA_VISIBLE_DEVICES": gpu}
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
         children.append(subprocess.Popen([sys.executable, "-m", "eval.run", *child_argv], env=env, cwd=REPO))
     failed = [k for k, c in enumerate(children) if c.wait() != 0]
     if failed:
@@ -517,15 +507,7 @@ def report(summary: dict, paths: BenchPaths) -> str:
     return "\n".join(lines)
 
 
-def ensure_siblings_importable() -> None:
-    """`python -m eval.run` from the repo root needs no PYTHONPATH: the sibling projects are added here."""
-    for path in SIBLINGS:
-        if str(path) not in sys.path:
-            sys.path.append(str(path))
-
-
 def main(argv: list[str] | None = None) -> dict:
-    ensure_siblings_importable()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     bench = BENCHMARKS[args.bench]

@@ -171,7 +171,6 @@ def stage_system1_finetune() -> None:
 
 
 def stage_system1_eval() -> dict:
-    sys.path.insert(0, str(ROOT / "RoiLLaVA"))
     from eval.toy import toy_accuracy
     from roillava.answer import answer_file, load_for_inference
 
@@ -202,7 +201,6 @@ def stage_roi_train() -> None:
 
 
 def stage_roi_eval() -> dict:
-    sys.path.insert(0, str(ROOT / "RoiLLaVA"))
     from eval.toy import toy_roi_metrics
     from roillava.answer import load_for_inference
     from roillava.roi import RoiConfig, roi_answer_file
@@ -268,7 +266,6 @@ def phrased_questions(phrasing: str, out: Path) -> Path:
 
 def stage_switch_eval() -> dict:
     """The switch's F1 and exact names in every phrasing; the "short" ones are also the top-level keys."""
-    sys.path.insert(0, str(ROOT / "SwiLLaVA"))
     from swillava.infer import SwitchAdapter, toy_switch_metrics
 
     # SEAL's sentence with one name is 24 tokens of the toy tokenizer: room for longer names and lists
@@ -742,7 +739,6 @@ def stage_seg_train() -> None:
 
 def stage_seg_eval() -> dict:
     """gIoU / cIoU on the toy ReasonSeg-style val split: teacher-forced `[SEG].` and generated answers."""
-    sys.path.insert(0, str(ROOT / "SegLLaVA"))
     from segllava.model import SegLLaVA
     from segllava.sources import val_items
     from segllava.validate import evaluate_modes

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,11 +33,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from transformers import SamConfig, SamModel
 
-from .toyworld import make_scene
+from segllava.sam_io import sam_preprocess
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "SegLLaVA"))
-from segllava.sam_io import sam_preprocess  # noqa: E402
+from .toyworld import make_scene
 
 MIN_CLUTTER_AREA = 40  # px: smaller connected clutter fragments are not prompted
 

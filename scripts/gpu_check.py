@@ -20,6 +20,7 @@ them in `gpu_deps/` with `bash scripts/gpu_deps.sh` and carry that folder with t
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -29,9 +30,30 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for extra in (ROOT / "gpu_deps" / "site", ROOT, ROOT / "RoiLLaVA", ROOT / "SwiLLaVA", ROOT / "SegLLaVA"):
-    if extra.is_dir() and str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
+
+
+def run_with_checkout_on_pythonpath() -> None:
+    """On the GPU machine the checkout is copied there, not installed, and DeepSpeed comes in the carried
+    `gpu_deps/site`: restart this script once with those folders (and, when the repository is not
+    installed, its root and the three projects) on PYTHONPATH, which the training processes it starts
+    inherit too. Installed (`make`) with no `gpu_deps/`, it runs as it is."""
+    if os.environ.get("FAST_GPU_CHECK_PATHS") == "1":
+        return
+    paths = [ROOT / "gpu_deps" / "site"] if (ROOT / "gpu_deps" / "site").is_dir() else []
+    if importlib.util.find_spec("roillava") is None:
+        paths += [ROOT, ROOT / "RoiLLaVA", ROOT / "SwiLLaVA", ROOT / "SegLLaVA"]
+    if not paths:
+        return
+    old = os.environ.get("PYTHONPATH")
+    env = {
+        **os.environ,
+        "FAST_GPU_CHECK_PATHS": "1",
+        "PYTHONPATH": os.pathsep.join([*map(str, paths), *([old] if old else [])]),
+    }
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+run_with_checkout_on_pythonpath()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

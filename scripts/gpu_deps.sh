@@ -3,7 +3,7 @@
 # GPU machine): DeepSpeed (pure Python, built here as a py3-none-any wheel) with its small pure-Python
 # dependencies, and bitsandbytes' Python package with only the CUDA library matching the GPU's torch.
 #   bash scripts/gpu_deps.sh [CUDA_TAG]     # CUDA_TAG: the GPU torch's CUDA, e.g. 128 for 12.8 (default), 130
-# Then carry gpu_deps/ with the checkout; scripts/gpu_check.py puts gpu_deps/site on sys.path itself.
+# Then carry gpu_deps/ with the checkout; scripts/gpu_check.py puts gpu_deps/site on PYTHONPATH itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CUDA_TAG=${1:-128}

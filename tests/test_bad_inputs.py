@@ -84,9 +84,9 @@ def test_text_only_question_is_allowed_and_located(tmp_path):
 def test_second_writer_is_refused_at_once(tmp_path):
     answers = tmp_path / "a.jsonl"
     holder = subprocess.Popen(
-        [PY, "-c", "import sys,time; sys.path.insert(0, sys.argv[1]); from eval.qa_files import AnswersFile\n"
-         "with AnswersFile(sys.argv[2], {}):\n    print('locked', flush=True); time.sleep(60)",
-         str(ROOT), str(answers)],
+        [PY, "-c", "import sys,time; from eval.qa_files import AnswersFile\n"
+         "with AnswersFile(sys.argv[1], {}):\n    print('locked', flush=True); time.sleep(60)",
+         str(answers)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -348,7 +348,6 @@ ENV = {
     **os.environ,
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
-    "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("", "RoiLLaVA", "SwiLLaVA", "SegLLaVA")),
     "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
 }
 

@@ -79,7 +79,6 @@ def test_build_base_composes_a_loadable_llava(scale, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    sys.path.insert(0, str(ROOT / "RoiLLaVA"))
     from roillava.model import llava_processor
 
     model = LlavaForConditionalGeneration.from_pretrained(out)

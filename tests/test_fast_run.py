@@ -91,7 +91,6 @@ def test_killed_batch_resumes_with_each_answer_exactly_once(ckpts, s2_agent, que
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONPATH": str(ROOT),
         "OMP_NUM_THREADS": "1",
     }
     cmd = [

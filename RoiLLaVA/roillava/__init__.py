@@ -1,15 +1,9 @@
-"""RoiLLaVA: LLaVA-1.5 (System 1) and the Chain-of-Spot region-of-interest adapter, on llava-hf models."""
+"""RoiLLaVA: LLaVA-1.5 (System 1) and the Chain-of-Spot region-of-interest adapter, on llava-hf models.
 
-import sys
-from pathlib import Path
+It shares only the torch-free `eval` package (question/answers files, input checks, metrics) with the
+other projects; both are importable once the repository is installed (`make`, or `pip install -e .`).
+"""
 
-# The shared, torch-free helpers (`eval/`: question/answers files, input checks, metrics) live at the
-# repository root, beside this project: make them importable however it is started. Appended, so it never
-# shadows an installed package.
-_REPO = Path(__file__).resolve().parents[2]
-if (_REPO / "eval" / "qa_files.py").is_file() and str(_REPO) not in sys.path:
-    sys.path.append(str(_REPO))
-
-from eval.logs import quiet_third_party  # noqa: E402
+from eval.logs import quiet_third_party
 
 quiet_third_party()

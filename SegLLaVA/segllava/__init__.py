@@ -1,15 +1,10 @@
-"""SegLLaVA: the segmentation adapter (LISA-style [SEG] token decoded by a SAM mask decoder)."""
+"""SegLLaVA: the segmentation adapter (LISA-style [SEG] token decoded by a SAM mask decoder).
 
-import sys
-from pathlib import Path
+It shares only the torch-free `eval` package (metrics, input checks) with the other projects; both are
+importable once the repository is installed (`make`, or `pip install -e .`), however SegLLaVA is started
+(`cd SegLLaVA && deepspeed train_ds.py …`, `python -m segllava.validate …`).
+"""
 
-# The shared metrics (`eval/metrics.py`) live at the repository root, beside this project: make them importable
-# however SegLLaVA is started (`cd SegLLaVA && deepspeed train_ds.py …`, `python -m segllava.validate …`).
-# Appended, so it never shadows an installed package.
-_REPO = Path(__file__).resolve().parents[2]
-if (_REPO / "eval" / "metrics.py").is_file() and str(_REPO) not in sys.path:
-    sys.path.append(str(_REPO))
-
-from eval.logs import quiet_third_party  # noqa: E402
+from eval.logs import quiet_third_party
 
 quiet_third_party()
