@@ -33,9 +33,8 @@ from .metrics import (
     sqa_parse,
     textvqa_accuracy,
     vqa_accuracy,
-    vstar_accuracy,
 )
-from .vstar_bench import read_vstar_bench
+from .vstar_bench import answer_is_correct, read_vstar_bench, vstar_scores
 
 SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
 OPTION_LETTER_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
@@ -118,7 +117,7 @@ class Benchmark:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def source_id(question: dict):
+def source_id(question: dict) -> str | int:
     """The benchmark's own id of a prepared question (differs only where the file repeats ids, as MME does)."""
     return question.get("source_question_id", question["question_id"])
 
@@ -610,38 +609,18 @@ def score_mmvet(inp: ScoreInput) -> dict:
     )
 
 
-def _vstar_correct(question: dict, row: dict | None) -> bool | None:
-    """Right iff the lowest-loss option is option 0; None when the answer carries no usable choice."""
-    if row is None:
-        return None
-    meta = row.get("metadata") or {}
-    losses = meta.get("option_losses")
-    if isinstance(losses, list) and len(losses) == len(question["options"]):
-        try:
-            return vstar_accuracy([losses]) == 1.0
-        except ValueError:
-            return None
-    if row.get("text"):  # an answerer that only names its choice
-        return row["text"].strip() == question["options"][0]
-    return None
-
-
 def score_vstar(inp: ScoreInput) -> dict:
     """V*Bench accuracy per category and overall (micro over all questions), likelihood protocol."""
-    per_cat: dict[str, list[bool]] = defaultdict(list)
-    unscorable = 0
-    for q in inp.questions:
-        correct = _vstar_correct(q, inp.answers.get(q["question_id"]))
-        if correct is None:
-            unscorable += 1
-        per_cat[q["category"]].append(bool(correct))
-    everything = [c for v in per_cat.values() for c in v]
+    scores = vstar_scores(
+        (q["category"], answer_is_correct(q["options"], inp.answers.get(q["question_id"])))
+        for q in inp.questions
+    )
     return {
-        "score": _pct(statistics.fmean(everything)),
+        "score": _pct(scores["accuracy"]),
         "metric": "accuracy (likelihood multiple choice)",
-        "per_category": {k: _pct(statistics.fmean(v)) for k, v in sorted(per_cat.items())},
-        "n_per_category": {k: len(v) for k, v in sorted(per_cat.items())},
-        "unscorable_answers": unscorable,
+        "per_category": {k: _pct(v) for k, v in scores["per_category"].items()},
+        "n_per_category": scores["n_per_category"],
+        "unscorable_answers": scores["unscorable"],
     }
 
 

@@ -363,3 +363,27 @@ def read_utf8(path: str | Path) -> str:
         raise ValueError(
             f"{path}:{line}: not UTF-8 (byte {raw[e.start]:#x} at offset {e.start}); re-save the file as UTF-8"
         ) from None
+
+
+def load_json_records(path: str | Path) -> list[dict]:
+    """A LLaVA JSON list (or JSONL) file; a parse error names the file (and line for JSONL)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    text = read_utf8(path)
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: invalid JSON line: {e}") from None
+        return rows
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON: {e}") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return data

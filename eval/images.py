@@ -72,3 +72,13 @@ def oriented_size(path: str | Path) -> tuple[int, int]:
         w, h = img.size
         orientation = img.getexif().get(0x0112, 1)
     return (h, w) if orientation in _TRANSPOSED else (w, h)
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """`open_rgb` for a runner or a dataset: a missing or unreadable file raises an error naming it."""
+    try:
+        return open_rgb(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise OSError(f"unreadable image {path}: {e}") from None

@@ -24,13 +24,18 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from roillava.wording import ROI_WORDINGS, resolve_roi_wording  # torch-free
 
 from .answers import answered_ids, merge_files, read_answers
 from .benchmarks import BENCHMARKS, Benchmark, BenchPaths, ScoreInput, source_id
 from .checks import InputError, check_checkpoint, fail
 from .qa_files import AnswersBusy, QuestionFileError, model_signature, read_questions
+from .runner import chunk
 from .vstar_bench import VSTAR_DEFAULT_IMAGE_VIEW, VSTAR_IMAGE_VIEWS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,36 +44,104 @@ MODES = ("s1", "cos", "fast")
 DEFAULT_DATA_ROOT = REPO / "playground" / "data" / "eval"
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunConfig:
-    """One invocation, as parsed from the command line."""
+    """One invocation: every field but `bench` (the positional argument) is an option of the same name
+    (`--model-path`, parsed by `HfArgumentParser`); saved next to the answers and in metrics.json."""
 
-    bench: str
-    mode: str
-    model_path: str
-    model_base: str | None = None
-    roi_path: str | None = None
-    switch_path: str | None = None
-    seg_path: str | None = None
-    evidence: str | None = None
-    ckpt: str = ""
+    model_path: str = field(metadata={"help": "the LLaVA-1.5 (System-1) checkpoint; the base in cos/fast"})
+    mode: str = field(default="s1", metadata={"choices": MODES})
+    model_base: str | None = field(
+        default=None, metadata={"help": "base of a LoRA --model-path (default: the adapter's record)"}
+    )
+    roi_path: str | None = field(default=None, metadata={"help": "ROI adapter (cos, fast)"})
+    switch_path: str | None = field(default=None, metadata={"help": "switch adapter (fast)"})
+    seg_path: str | None = field(default=None, metadata={"help": "seg adapter (fast)"})
+    evidence: str | None = field(
+        default=None, metadata={"help": "fast: which System-2 evidence to use, e.g. roi+seg"}
+    )
+    ckpt_name: str | None = field(
+        default=None, metadata={"help": "answers go to answers/[<split>/]<ckpt-name>/"}
+    )
+    data_root: str | None = field(default=None, metadata={"help": f"default {DEFAULT_DATA_ROOT}"})
+    bench_dir: str | None = field(
+        default=None, metadata={"help": "default <data-root>/<LLaVA folder of the benchmark>"}
+    )
+    split: str | None = field(
+        default=None, metadata={"help": "VQAv2/GQA question split (file name without .jsonl)"}
+    )
+    question_file: str | None = None
+    image_folder: str | None = None
+    annotations: str | None = field(
+        default=None, metadata={"help": "ground truth, if not at the benchmark's usual place"}
+    )
     batch_size: int = 8
-    max_new_tokens: int | None = None  # None: the benchmark's default
+    max_new_tokens: int | None = field(default=None, metadata={"help": "default: the benchmark's"})
     num_chunks: int = 1
     chunk_idx: int = 0
+    gpus: str | None = field(
+        default=None, metadata={"help": "comma-separated devices: run one chunk per device, then score"}
+    )
     conv_mode: str = "vicuna_v1"
-    device: str | None = None  # None: cuda when available, decided where a model is loaded
-    roi_wording: str | None = None  # with a ROI adapter: resolved from its record (or --roi-wording)
-    roi_wording_source: str | None = None
-    dtype: str = "auto"  # auto: bf16 on a GPU that has it, fp16 on older CUDA, fp32 on CPU
-    bits: int = 16  # 4 / 8: the language model quantised with bitsandbytes
+    temperature: float = field(default=0.0, metadata={"help": "only greedy decoding (0) is supported"})
+    device: str | None = field(default=None, metadata={"help": "default cuda when available, else cpu"})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "choices": ("auto", "bf16", "fp16", "fp32"),
+            "help": "auto: bf16 on a GPU that supports it, else fp16 on CUDA, fp32 on CPU",
+        },
+    )
+    bits: int = field(
+        default=16,
+        metadata={"choices": (4, 8, 16), "help": "4/8: the language model in bitsandbytes 4/8-bit"},
+    )
+    roi_wording: str | None = field(
+        default=None,
+        metadata={
+            "choices": ROI_WORDINGS,
+            "help": "ROI stage-1 wording; default: the one the ROI checkpoint records (else Chain-of-Spot's 'what')",
+        },
+    )
+    vstar_image_view: str = field(
+        default=VSTAR_DEFAULT_IMAGE_VIEW,
+        metadata={
+            "choices": VSTAR_IMAGE_VIEWS,
+            "help": "V*Bench: the image the options are scored on without evidence (SEAL: unpadded)",
+        },
+    )
     roi_max_new_tokens: int = 128
-    vstar_image_view: str = VSTAR_DEFAULT_IMAGE_VIEW
-    max_answer_words: int | None = None  # None: the benchmark's default
-    score_only: bool = False
-    no_score: bool = False
-    answers_file: str | None = None
-    progress: bool = True
+    max_answer_words: int | None = field(
+        default=None,
+        metadata={"help": "longer predictions are counted as too long (default: the benchmark's)"},
+    )
+    score_only: bool = field(default=False, metadata={"help": "merge the chunk files there are and score"})
+    no_score: bool = field(default=False, metadata={"help": "answer this chunk only (used by --gpus)"})
+    answers_file: str | None = field(
+        default=None, metadata={"help": "score this answer JSONL instead (implies --score-only)"}
+    )
+    quiet: bool = field(default=False, metadata={"help": "no progress bar"})
+    # Not options: the benchmark, and where the ROI wording came from (resolved from the ROI checkpoint).
+    bench: str = field(default="", init=False)
+    roi_wording_source: str | None = field(default=None, init=False)
+
+    def __post_init__(self):
+        if self.answers_file is not None:
+            self.score_only = True
+
+    @property
+    def ckpt(self) -> str:
+        """LLaVA's `CKPT`: where the answers go (`--ckpt-name`, else named after the checkpoint)."""
+        return self.ckpt_name or default_ckpt_name(
+            self.mode, self.model_path, self.roi_path, self.switch_path
+        )
+
+    @property
+    def progress(self) -> bool:
+        return not self.quiet
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ckpt": self.ckpt}
 
 
 def default_ckpt_name(mode: str, model_path: str, roi_path: str | None, switch_path: str | None) -> str:
@@ -80,16 +153,14 @@ def default_ckpt_name(mode: str, model_path: str, roi_path: str | None, switch_p
     return Path(model_path.rstrip("/")).name
 
 
-def resolve_paths(bench: Benchmark, args: argparse.Namespace, ckpt: str) -> BenchPaths:
-    data_root = Path(args.data_root) if args.data_root else DEFAULT_DATA_ROOT
-    bench_dir = Path(args.bench_dir) if args.bench_dir else data_root / bench.folder
-    split = args.split or bench.split
+def resolve_paths(bench: Benchmark, cfg: RunConfig | argparse.Namespace, ckpt: str) -> BenchPaths:
+    data_root = Path(cfg.data_root) if cfg.data_root else DEFAULT_DATA_ROOT
+    bench_dir = Path(cfg.bench_dir) if cfg.bench_dir else data_root / bench.folder
+    split = cfg.split or bench.split
     question_file = (
-        Path(args.question_file)
-        if args.question_file
-        else bench_dir / bench.question_file.format(split=split)
+        Path(cfg.question_file) if cfg.question_file else bench_dir / bench.question_file.format(split=split)
     )
-    image_folder = Path(args.image_folder) if args.image_folder else bench_dir / bench.image_folder
+    image_folder = Path(cfg.image_folder) if cfg.image_folder else bench_dir / bench.image_folder
     answers_dir = bench_dir / "answers" / split / ckpt if split else bench_dir / "answers" / ckpt
     return BenchPaths(
         bench_dir=bench_dir,
@@ -98,128 +169,37 @@ def resolve_paths(bench: Benchmark, args: argparse.Namespace, ckpt: str) -> Benc
         answers_dir=answers_dir,
         ckpt=ckpt,
         split=split,
-        annotations=Path(args.annotations) if args.annotations else None,
+        annotations=Path(cfg.annotations) if cfg.annotations else None,
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from roillava.wording import ROI_WORDINGS
-
-    p = argparse.ArgumentParser(
-        prog="eval.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def build_parser() -> HfArgumentParser:
+    """The benchmark (positional) and one option per `RunConfig` field."""
+    p = HfArgumentParser(
+        RunConfig, prog="eval.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("bench", choices=sorted(BENCHMARKS))
-    p.add_argument("--mode", choices=MODES, default="s1")
-    p.add_argument(
-        "--model-path", required=True, help="the LLaVA-1.5 (System-1) checkpoint; the base in cos/fast"
-    )
-    p.add_argument(
-        "--model-base", default=None, help="base of a LoRA --model-path (default: the adapter's record)"
-    )
-    p.add_argument("--roi-path", default=None, help="ROI adapter (cos, fast)")
-    p.add_argument("--switch-path", default=None, help="switch adapter (fast)")
-    p.add_argument("--seg-path", default=None, help="seg adapter (fast)")
-    p.add_argument("--evidence", default=None, help="fast: which System-2 evidence to use, e.g. roi+seg")
-    p.add_argument("--ckpt-name", default=None, help="answers go to answers/[<split>/]<ckpt-name>/")
-    p.add_argument("--data-root", default=None, help=f"default {DEFAULT_DATA_ROOT}")
-    p.add_argument("--bench-dir", default=None, help="default <data-root>/<LLaVA folder of the benchmark>")
-    p.add_argument("--split", default=None, help="VQAv2/GQA question split (file name without .jsonl)")
-    p.add_argument("--question-file", default=None)
-    p.add_argument("--image-folder", default=None)
-    p.add_argument("--annotations", default=None, help="ground truth, if not at the benchmark's usual place")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--num-chunks", type=int, default=1)
-    p.add_argument("--chunk-idx", type=int, default=0)
-    p.add_argument(
-        "--gpus", default=None, help="comma-separated devices: run one chunk per device, then score"
-    )
-    p.add_argument("--conv-mode", default="vicuna_v1")
-    p.add_argument("--temperature", type=float, default=0.0, help="only greedy decoding (0) is supported")
-    p.add_argument("--device", default=None, help="default cuda when available, else cpu")
-    p.add_argument(
-        "--dtype",
-        choices=("auto", "bf16", "fp16", "fp32"),
-        default="auto",
-        help="auto: bf16 on a GPU that supports it, else fp16 on CUDA, fp32 on CPU",
-    )
-    p.add_argument(
-        "--bits",
-        type=int,
-        choices=(4, 8, 16),
-        default=16,
-        help="4/8: the language model in bitsandbytes 4/8-bit",
-    )
-    p.add_argument(
-        "--roi-wording",
-        choices=ROI_WORDINGS,
-        default=None,
-        help="ROI stage-1 wording; default: the one the ROI checkpoint records (else Chain-of-Spot's 'what')",
-    )
-    p.add_argument(
-        "--vstar-image-view",
-        choices=VSTAR_IMAGE_VIEWS,
-        default=VSTAR_DEFAULT_IMAGE_VIEW,
-        help="V*Bench: the image the options are scored on without evidence (SEAL: unpadded)",
-    )
-    p.add_argument("--roi-max-new-tokens", type=int, default=128)
-    p.add_argument(
-        "--max-answer-words", type=int, default=None, help="longer predictions are counted as too long"
-    )
-    p.add_argument("--score-only", action="store_true", help="merge the chunk files there are and score")
-    p.add_argument("--no-score", action="store_true", help="answer this chunk only (used by --gpus)")
-    p.add_argument(
-        "--answers-file", default=None, help="score this answer JSONL instead (implies --score-only)"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    if args.temperature != 0:
+    """The RunConfig of parsed options, checked, with the ROI wording resolved from the ROI checkpoint."""
+    cfg = RunConfig(**{f.name: getattr(args, f.name) for f in fields(RunConfig) if f.init})
+    cfg.bench = args.bench
+    if cfg.temperature != 0:
         raise SystemExit("only greedy decoding is supported (--temperature 0), as in LLaVA-1.5's evaluation")
-    if args.mode == "cos" and not args.roi_path:
+    if cfg.mode == "cos" and not cfg.roi_path:
         raise SystemExit("--mode cos needs --roi-path (the ROI adapter)")
-    if args.mode == "fast" and not args.switch_path:
+    if cfg.mode == "fast" and not cfg.switch_path:
         raise SystemExit("--mode fast needs --switch-path (and --roi-path / --seg-path for its evidence)")
-    if not 0 <= args.chunk_idx < args.num_chunks:
-        raise SystemExit(f"--chunk-idx {args.chunk_idx} outside 0..{args.num_chunks - 1}")
-    from roillava.wording import resolve_roi_wording  # torch-free
-
-    roi_wording, roi_wording_source = args.roi_wording, None
-    if args.roi_path and args.mode in ("cos", "fast"):
+    if not 0 <= cfg.chunk_idx < cfg.num_chunks:
+        raise SystemExit(f"--chunk-idx {cfg.chunk_idx} outside 0..{cfg.num_chunks - 1}")
+    if cfg.roi_path and cfg.mode in ("cos", "fast"):
         try:
-            roi_wording, roi_wording_source = resolve_roi_wording(args.roi_path, args.roi_wording)
+            cfg.roi_wording, cfg.roi_wording_source = resolve_roi_wording(cfg.roi_path, cfg.roi_wording)
         except ValueError as e:
             raise SystemExit(str(e)) from None
-    return RunConfig(
-        bench=args.bench,
-        mode=args.mode,
-        model_path=args.model_path,
-        model_base=args.model_base,
-        roi_path=args.roi_path,
-        switch_path=args.switch_path,
-        seg_path=args.seg_path,
-        evidence=args.evidence,
-        ckpt=args.ckpt_name or default_ckpt_name(args.mode, args.model_path, args.roi_path, args.switch_path),
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        num_chunks=args.num_chunks,
-        chunk_idx=args.chunk_idx,
-        conv_mode=args.conv_mode,
-        device=args.device,
-        roi_wording=roi_wording,
-        roi_wording_source=roi_wording_source,
-        dtype=args.dtype,
-        bits=args.bits,
-        roi_max_new_tokens=args.roi_max_new_tokens,
-        vstar_image_view=args.vstar_image_view,
-        max_answer_words=args.max_answer_words,
-        score_only=args.score_only or args.answers_file is not None,
-        no_score=args.no_score,
-        answers_file=args.answers_file,
-        progress=not args.quiet,
-    )
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -236,6 +216,11 @@ def write_prepared(path: Path, rows: list[dict]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(content, encoding="utf-8")
     tmp.replace(path)
+
+
+def run_config_path_for(answers_file: Path) -> Path:
+    """`<N>_<K>.run_config.json`: the RunConfig a chunk was answered with, next to its answers."""
+    return answers_file.with_name(answers_file.stem + ".run_config.json")
 
 
 def fast_command(cfg: RunConfig, bench: Benchmark, paths: BenchPaths, out: Path) -> list[str]:
@@ -300,6 +285,7 @@ def answer_chunk(cfg: RunConfig, bench: Benchmark, paths: BenchPaths) -> dict:
     out = paths.chunk_file(cfg.num_chunks, cfg.chunk_idx)
     out.parent.mkdir(parents=True, exist_ok=True)
     check_run_inputs(cfg, paths)
+    run_config_path_for(out).write_text(json.dumps(cfg.to_dict(), indent=1), encoding="utf-8")
     if cfg.mode == "fast":
         cmd = fast_command(cfg, bench, paths, out)
         start = time.perf_counter()
@@ -374,18 +360,11 @@ def run_all_chunks(argv: list[str], gpus: list[str]) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def chunk_rows(rows: list, num_chunks: int, chunk_idx: int) -> list:
-    """LLaVA's split over GPUs, the same as `roillava.answer.chunk` (kept torch-free: the process that
-    only launches the chunks and merges them should not pay for importing the model stack)."""
-    size = -(-len(rows) // num_chunks)
-    return rows[chunk_idx * size : (chunk_idx + 1) * size]
-
-
 def incomplete_chunks(rows: list[dict], paths: BenchPaths, num_chunks: int) -> list[int]:
     return [
         k
         for k in range(num_chunks)
-        if not {r["question_id"] for r in chunk_rows(rows, num_chunks, k)}
+        if not {r["question_id"] for r in chunk(rows, num_chunks, k)}
         <= answered_ids(paths.chunk_file(num_chunks, k))
     ]
 
@@ -464,7 +443,7 @@ def score(cfg: RunConfig, bench: Benchmark, paths: BenchPaths, rows: list[dict],
         "prepare": notes,
         "answer_check": check.to_dict(),
         "metrics": metrics,
-        "config": asdict(cfg),
+        "config": cfg.to_dict(),
     }
     paths.metrics.parent.mkdir(parents=True, exist_ok=True)
     paths.metrics.write_text(json.dumps(summary, indent=1), encoding="utf-8")
@@ -509,15 +488,14 @@ def report(summary: dict, paths: BenchPaths) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    bench = BENCHMARKS[args.bench]
-    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else []
-    if gpus and (args.num_chunks != 1 or args.chunk_idx != 0):
+    cfg = config_from_args(build_parser().parse_args(argv))
+    bench = BENCHMARKS[cfg.bench]
+    gpus = [g.strip() for g in cfg.gpus.split(",") if g.strip()] if cfg.gpus else []
+    if gpus and (cfg.num_chunks != 1 or cfg.chunk_idx != 0):
         raise SystemExit("--gpus sets the chunks itself; drop --num-chunks/--chunk-idx")
-    cfg = config_from_args(args)
     if gpus:
-        cfg = RunConfig(**{**asdict(cfg), "num_chunks": len(gpus)})
-    paths = resolve_paths(bench, args, cfg.ckpt)
+        cfg.num_chunks = len(gpus)
+    paths = resolve_paths(bench, cfg, cfg.ckpt)
     prepared = bench.prepare(bench, paths)
     write_prepared(paths.prepared, prepared.rows)
     notes = {"question_file": str(paths.question_file), "questions": len(prepared.rows), **prepared.notes}

@@ -1,6 +1,6 @@
 """V*Bench by likelihood for the `s1` and `cos` modes: the option with the lowest mean token loss is chosen.
 
-Both modes reuse the System-1 answerer's resumable loop (`run_questions`: chunks, resume, missing
+Both modes use the resumable loop every runner shares (`eval.runner.run_questions`: chunks, resume, missing
 images recorded, not fatal). `s1` scores the options after `"<image>\\n" + question` (SEAL's prompt) on
 the image in `image_view`: by default unpadded, through the plain CLIP processor, as SEAL scores a
 question it does not search and as the FaST release scores every question (`eval/vstar_bench.py`).
@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from roillava.answer import build_prompt, generate, option_losses, run_questions
+from roillava.answer import build_prompt, generate, option_losses
 from roillava.roi import RoiConfig, parse_roi_box, stage1_prompt, stage2_prompt
 
+from .runner import run_questions
 from .vstar_bench import VSTAR_DEFAULT_IMAGE_VIEW, check_image_view, vstar_pixel_values
 
 

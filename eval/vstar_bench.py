@@ -1,4 +1,4 @@
-"""V*Bench in one place: reading the benchmark folder, and the image view its options are scored on.
+"""V*Bench in one place: reading the benchmark folder, the image view its options are scored on, scoring.
 
 Every V*Bench runner reads the folder here (`eval.run`'s `s1`/`cos` modes through
 `benchmarks.prepare_vstar`, `python -m fast --vstar`, `python -m swillava.infer vstar`), so they ask
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import glob
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,3 +138,39 @@ def vstar_pixel_values(image_processor, images: Sequence[Image.Image], view: str
     else:
         images = [im.convert("RGB") for im in images]
     return image_processor(list(images), do_pad=False, return_tensors="pt")["pixel_values"]
+
+
+def answer_is_correct(options: Sequence[str], row: dict | None) -> bool | None:
+    """Right iff the lowest-loss option of an answer row is option 0 (the correct one); an answerer that
+    only names its choice is right iff its text is option 0. None: the row carries no usable choice."""
+    from .metrics import vstar_accuracy
+
+    if row is None:
+        return None
+    meta = row.get("metadata") or {}
+    losses = meta.get("option_losses")
+    if isinstance(losses, list) and len(losses) == len(options):
+        try:
+            return vstar_accuracy([losses]) == 1.0
+        except ValueError:
+            return None
+    if row.get("text"):
+        return row["text"].strip() == options[0]
+    return None
+
+
+def vstar_scores(results: Iterable[tuple[str, bool | None]]) -> dict:
+    """The one V*Bench score of (category, correct) pairs: accuracy over all questions (micro) and per
+    category, as fractions; an unscorable answer (None) counts as wrong and is counted."""
+    per: dict[str, list[bool]] = {}
+    unscorable = 0
+    for category, correct in results:
+        unscorable += correct is None
+        per.setdefault(category, []).append(bool(correct))
+    everything = [c for v in per.values() for c in v]
+    return {
+        "accuracy": sum(everything) / max(1, len(everything)),
+        "per_category": {k: sum(v) / len(v) for k, v in sorted(per.items())},
+        "n_per_category": {k: len(v) for k, v in sorted(per.items())},
+        "unscorable": unscorable,
+    }

@@ -6,140 +6,135 @@
         --base B --switch SW --roi ROI --seg SEG [--evidence roi+seg] [--num-chunks N --chunk-idx K] [--batch-size B]
     python -m fast --vstar --bench-folder DIR --answers-file A.jsonl --base B --switch SW --roi ROI --seg SEG
 
-Batch and V*Bench runs write LLaVA answer JSONL (trace in `metadata.trace`), `<answers>.traces.jsonl`
-and `<answers>.config.json` (the AgentConfig and the memory report); both resume where they stopped.
+Every option is a field of `AgentConfig` (the agent) or `RunOptions` (what to answer, where to write),
+parsed by `HfArgumentParser`; `--help` lists them. Batch and V*Bench runs write LLaVA answer JSONL (trace
+in `metadata.trace`), `<answers>.traces.jsonl` and `<answers>.config.json` (the AgentConfig, the run
+options and the memory report); both resume where they stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import HfArgumentParser
 
-from eval.vstar_bench import VSTAR_DEFAULT_IMAGE_VIEW, VSTAR_IMAGE_VIEWS
+from eval.vstar_bench import VSTAR_IMAGE_VIEWS
 
 from .agent import FastAgent
 from .config import BITS, DTYPES, EVIDENCE_MODES, AgentConfig
 from .run import answer_question_file, answer_vstar, config_path_for, file_stem, save_overlay
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m fast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass
+class RunOptions:
+    """What to answer and where the results go: the command line's options that are not the agent's."""
+
+    image: str | None = field(default=None, metadata={"help": "single question: the image"})
+    question: str | None = field(default=None, metadata={"help": "single question: its text"})
+    question_file: str | None = field(default=None, metadata={"help": "LLaVA question JSONL"})
+    vstar: bool = field(default=False, metadata={"help": "V*Bench multiple choice by likelihood"})
+    image_folder: str = field(default="", metadata={"help": "images of --question-file"})
+    bench_folder: str | None = field(
+        default=None, metadata={"help": "V*Bench folder (<category>/<stem>.jpg + .json)"}
     )
-    what = p.add_argument_group("what to answer (one of)")
-    what.add_argument("--image", help="single question: the image")
-    what.add_argument("--question", help="single question: its text")
-    what.add_argument("--question-file", help="LLaVA question JSONL")
-    what.add_argument("--vstar", action="store_true", help="V*Bench multiple choice by likelihood")
-    p.add_argument("--image-folder", default="", help="images of --question-file")
-    p.add_argument("--bench-folder", help="V*Bench folder (<category>/<stem>.jpg + .json)")
-    p.add_argument("--answers-file", help="answers JSONL (batch and V*Bench)")
-    p.add_argument("--traces-file", default=None, help="default: <answers>.traces.jsonl")
-    p.add_argument(
-        "--overlay-dir", default=None, help="write a PNG overlay (with a legend) of every System-2 trace here"
+    answers_file: str | None = field(default=None, metadata={"help": "answers JSONL (batch and V*Bench)"})
+    traces_file: str | None = field(default=None, metadata={"help": "default: <answers>.traces.jsonl"})
+    overlay_dir: str | None = field(
+        default=None, metadata={"help": "write a PNG overlay (with a legend) of every System-2 trace here"}
     )
-    p.add_argument(
-        "--trace-file",
+    trace_file: str | None = field(
         default=None,
-        help="single question: write its trace JSON here (default: fast_traces/<image>_<question>.json)",
+        metadata={
+            "help": "single question: write its trace JSON here (default: fast_traces/<image>_<question>.json)"
+        },
     )
-    p.add_argument("--options", nargs="+", default=None, help="single question: score these options")
-    models = p.add_argument_group("checkpoints")
-    models.add_argument("--base", required=True, help="the llava-hf System-1 checkpoint the adapters share")
-    models.add_argument("--switch", required=True)
-    models.add_argument("--roi", default=None)
-    models.add_argument("--seg", default=None)
-    models.add_argument(
-        "--sam", default=None, help="SAM directory (default: the one the seg checkpoint names)"
+    options: list[str] | None = field(default=None, metadata={"help": "single question: score these options"})
+    num_chunks: int = 1
+    chunk_idx: int = 0
+    model_id: str = "fast"
+    verbose: bool = field(
+        default=False, metadata={"help": "keep the libraries' log chatter (FAST_VERBOSE=1)"}
     )
-    run = p.add_argument_group("run")
-    run.add_argument("--mode", default="fast", choices=("fast", "system2-always", "system1"))
-    run.add_argument("--evidence", default="roi+seg", choices=EVIDENCE_MODES)
-    run.add_argument("--switch-decision", default="prefix", choices=("prefix", "generate"))
-    run.add_argument("--seg-decoding", default="teacher", choices=("teacher", "generate"))
-    run.add_argument(
-        "--seg-retry-whole-image",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="segment on the whole image an object the proposed region yields no mask for",
+    temperature: float = field(default=0.0, metadata={"help": "only greedy decoding (0) is supported"})
+
+
+# How the command line shows some AgentConfig fields (help, choices, an older flag name, a default that
+# depends on this machine); every field is an option, named after it (`--seg_decoding`, `--seg-decoding`).
+AGENT_OPTIONS: dict[str, dict] = {
+    "base": {"help": "the llava-hf System-1 checkpoint the adapters share"},
+    "sam": {"help": "SAM directory (default: the one the seg checkpoint names)"},
+    "mode": {"choices": ("fast", "system2-always", "system1")},
+    "evidence": {"choices": EVIDENCE_MODES},
+    "switch_decision": {"choices": ("prefix", "generate")},
+    "seg_decoding": {"choices": ("teacher", "generate")},
+    "seg_retry_whole_image": {
+        "help": "segment on the whole image an object the proposed region yields no mask for"
+    },
+    "roi_wording": {
+        "choices": ("where", "what"),
+        "help": "the ROI adapter's stage-1 wording (default: the one it records, else Chain-of-Spot's 'what')",
+    },
+    "option_image_view": {
+        "choices": VSTAR_IMAGE_VIEWS,
+        "help": "image of the options scored without evidence (V*Bench; SEAL and the FaST release: unpadded)",
+    },
+    "device": {"default": "cuda" if torch.cuda.is_available() else "cpu"},
+    "dtype": {
+        "choices": DTYPES,
+        "help": "auto: bf16 on a GPU that supports it, else fp16 on CUDA, fp32 on CPU",
+    },
+    "bits": {"choices": BITS, "help": "4/8: the shared language model in bitsandbytes 4/8-bit"},
+    "answer_max_new_tokens": {"aliases": ["--max-new-tokens"], "help": "the final answer's"},
+    "question_suffix": {"help": "appended to every question (e.g. a short-answer hint)"},
+    "confidence_threshold": {
+        "help": "fast mode: also send System 1's unsure answers (confidence below this) to System 2; 0: off"
+    },
+}
+
+
+def agent_options_type() -> type:
+    """AgentConfig's fields as a dataclass for `HfArgumentParser`, each with its `AGENT_OPTIONS`
+    presentation; a field added to AgentConfig becomes an option by itself."""
+    hints = typing.get_type_hints(AgentConfig)
+    specs = []
+    for f in dataclasses.fields(AgentConfig):
+        shown = dict(AGENT_OPTIONS.get(f.name, {}))
+        default = shown.pop("default", f.default)
+        kwargs = {"metadata": {**f.metadata, **shown}}
+        if default is not dataclasses.MISSING:
+            kwargs["default"] = default
+        elif f.default_factory is not dataclasses.MISSING:
+            kwargs["default_factory"] = f.default_factory
+        specs.append((f.name, hints[f.name], field(**kwargs)))
+    return dataclasses.make_dataclass("AgentOptions", specs)
+
+
+def build_parser() -> HfArgumentParser:
+    """One option per field of `RunOptions` and of `AgentConfig` (HfArgumentParser, as the trainers)."""
+    p = HfArgumentParser(
+        (RunOptions, agent_options_type()),
+        prog="python -m fast",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument(
-        "--roi-wording",
-        default=None,
-        choices=("where", "what"),
-        help="the ROI adapter's stage-1 wording (default: the one it records, else Chain-of-Spot's 'what')",
-    )
-    run.add_argument(
-        "--option-image-view",
-        default=VSTAR_DEFAULT_IMAGE_VIEW,
-        choices=VSTAR_IMAGE_VIEWS,
-        help="image of the options scored without evidence (V*Bench; SEAL and the FaST release: unpadded)",
-    )
-    run.add_argument("--batch-size", type=int, default=8)
-    run.add_argument("--num-chunks", type=int, default=1)
-    run.add_argument("--chunk-idx", type=int, default=0)
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    run.add_argument(
-        "--dtype",
-        default="auto",
-        choices=DTYPES,
-        help="auto: bf16 on a GPU that supports it, else fp16 on CUDA, fp32 on CPU",
-    )
-    run.add_argument(
-        "--bits",
-        type=int,
-        default=16,
-        choices=BITS,
-        help="4/8: the shared language model in bitsandbytes 4/8-bit",
-    )
-    run.add_argument("--switch-max-new-tokens", type=int, default=200)
-    run.add_argument("--roi-max-new-tokens", type=int, default=128)
-    run.add_argument("--seg-max-new-tokens", type=int, default=32)
-    run.add_argument("--max-new-tokens", type=int, default=128, help="the final answer's")
-    run.add_argument(
-        "--question-suffix", default="", help="appended to every question (e.g. a short-answer hint)"
-    )
-    run.add_argument(
-        "--confidence-threshold", type=float, default=0.0,
-        help="fast mode: also send System 1's unsure answers (confidence below this) to System 2; 0: off",
-    )  # fmt: skip
-    run.add_argument("--model-id", default="fast")
-    run.add_argument(
-        "--verbose", action="store_true", help="keep the libraries' log chatter (FAST_VERBOSE=1)"
-    )
-    run.add_argument("--temperature", type=float, default=0.0, help="only greedy decoding (0) is supported")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
-    return AgentConfig(
-        base=args.base,
-        switch=args.switch,
-        roi=args.roi,
-        seg=args.seg,
-        sam=args.sam,
-        mode=args.mode.replace("-", "_"),
-        evidence=args.evidence,
-        switch_decision=args.switch_decision,
-        seg_decoding=args.seg_decoding,
-        seg_retry_whole_image=args.seg_retry_whole_image,
-        device=args.device,
-        dtype=args.dtype,
-        bits=args.bits,
-        switch_max_new_tokens=args.switch_max_new_tokens,
-        roi_max_new_tokens=args.roi_max_new_tokens,
-        seg_max_new_tokens=args.seg_max_new_tokens,
-        answer_max_new_tokens=args.max_new_tokens,
-        question_suffix=args.question_suffix,
-        batch_size=args.batch_size,
-        roi_wording=args.roi_wording,
-        option_image_view=args.option_image_view,
-        confidence_threshold=args.confidence_threshold,
-    )
+    """The AgentConfig of parsed options (`--mode system2-always` is the config's "system2_always")."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(AgentConfig)}
+    return AgentConfig(**{**values, "mode": values["mode"].replace("-", "_")})
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions)})
 
 
 def check_cli_inputs(args: argparse.Namespace):
@@ -153,7 +148,7 @@ def check_cli_inputs(args: argparse.Namespace):
             check_checkpoint(getattr(args, flag), f"--{flag}", check_base=False)
         image = None
         if args.image is not None:
-            from roillava.data import open_image
+            from eval.images import open_image
 
             try:
                 image = open_image(Path(args.image))
@@ -194,7 +189,10 @@ def main(argv: list[str] | None = None) -> None:
 
     quiet_third_party(args.verbose or None)
     image = check_cli_inputs(args)
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ValueError as e:
+        p.error(str(e))
     print("[fast] " + config.to_json().replace("\n", " "), file=sys.stderr)
     agent = FastAgent(config)
     print("[fast] " + agent.model.memory.summary(), file=sys.stderr)
@@ -213,7 +211,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"overlay: {save_overlay(image, trace, args.overlay_dir, name)}")
         return
 
-    record = {"agent_config": json.loads(config.to_json()), "memory": agent.model.memory.as_dict()}
+    record = {
+        "agent_config": json.loads(config.to_json()),
+        "run_options": asdict(run_options(args)),
+        "memory": agent.model.memory.as_dict(),
+    }
     if config.roi:
         record["roi_wording"] = {
             "wording": agent.model.roi_config.wording,
@@ -223,7 +225,6 @@ def main(argv: list[str] | None = None) -> None:
     config_path_for(args.answers_file).write_text(json.dumps(record, indent=1))
     common = {
         "traces_file": args.traces_file,
-        "batch_size": args.batch_size,
         "num_chunks": args.num_chunks,
         "chunk_idx": args.chunk_idx,
         "model_id": args.model_id,

@@ -13,19 +13,14 @@ from __future__ import annotations
 
 import json
 import re
-import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
-from eval.qa_files import AnswersFile, model_signature, question_fingerprint
+from eval.images import open_image
+from eval.qa_files import model_signature, question_fingerprint
 from eval.qa_files import read_questions as read_question_file
-from eval.vstar_bench import read_vstar_bench
-from roillava.answer import append_lines, batched, chunk
-from roillava.data import open_image
+from eval.runner import answer_row, append_lines, chunk, run_batches
+from eval.vstar_bench import read_vstar_bench, vstar_scores
 from roillava.roi import split_instruction
 
 from .agent import FastAgent, Request
@@ -84,7 +79,9 @@ class _Item:
     request: Request
 
 
-def _load_requests(items: list[tuple[dict, Path | None, str, list[str] | None]]) -> Iterator[_Item]:
+def _load_requests(items: list[tuple[dict, Path | None, str, list[str] | None]]) -> list[_Item]:
+    """Each question's image read (a missing or unreadable one is the request's error, not fatal)."""
+    loaded = []
     for row, image_path, text, options in items:
         # A protocol instruction at the end of the text (ScienceQA's option-letter line) stays out of
         # the ROI adapter's quoted question (`Request.instruction`).
@@ -97,32 +94,28 @@ def _load_requests(items: list[tuple[dict, Path | None, str, list[str] | None]])
                 error = str(e)
         else:
             error = "question has no image"
-        yield _Item(
-            row,
-            Request(
-                str(row["question_id"]),
-                question,
-                image,
-                str(image_path) if image_path else None,
-                options,
-                error,
-                instruction,
-            ),
+        loaded.append(
+            _Item(
+                row,
+                Request(
+                    str(row["question_id"]),
+                    question,
+                    image,
+                    str(image_path) if image_path else None,
+                    options,
+                    error,
+                    instruction,
+                ),
+            )
         )
+    return loaded
 
 
 def _answer_row(item: _Item, trace: Trace, model_id: str, extra: dict | None = None) -> dict:
     meta = {"system": trace.system, **(extra or {}), "trace": trace.to_dict()}
     if item.request.error:
         meta["error"] = item.request.error
-    return {
-        "question_id": item.row["question_id"],
-        "prompt": item.row["text"],
-        "text": trace.answer,
-        "answer_id": uuid.uuid4().hex,
-        "model_id": model_id,
-        "metadata": meta,
-    }
+    return answer_row(item.row, trace.answer, model_id, meta)
 
 
 def _run(
@@ -141,42 +134,45 @@ def _run(
     out.parent.mkdir(parents=True, exist_ok=True)
     traces_out = Path(traces_file) if traces_file else traces_path_for(out)
     settings = {**agent_settings(agent), "model_id": model_id}
+    by_id = {row["question_id"]: (row, image, text, options) for row, image, text, options in items}
     expected = {
         row["question_id"]: question_fingerprint({**row, "options": options}, image, settings)
         for row, image, _, options in items
     }
-    start = time.perf_counter()
+    traces_by_id: dict = {}
     n_system2 = 0
-    with AnswersFile(out, expected, quiet=not progress) as answers:
-        reconcile_traces(traces_out, out, set(answers.done))
-        todo = [it for it in items if it[0]["question_id"] not in answers.done]
-        bar = tqdm(total=len(todo), desc="fast", unit="q", disable=not progress)
-        for batch in batched(_load_requests(todo), batch_size):
-            traces = agent.answer_batch([it.request for it in batch])
-            rows = [
-                _answer_row(it, tr, model_id, extra_metadata(it, tr) if extra_metadata else None)
-                for it, tr in zip(batch, traces)
-            ]
-            answers.append(rows)
-            append_lines(traces_out, [tr.to_dict() for tr in traces])
-            n_system2 += sum(tr.system == "system2" for tr in traces)
-            if overlay_dir:
-                for it, tr in zip(batch, traces):
-                    if tr.system == "system2" and it.request.image is not None:
-                        save_overlay(it.request.image, tr, overlay_dir)
-            bar.update(len(batch))
-            bar.set_postfix(system2=n_system2)
-        bar.close()
-        redone = answers.redone
-    seconds = time.perf_counter() - start
+
+    def load(batch: list[dict]) -> list[_Item]:
+        return _load_requests([by_id[row["question_id"]] for row in batch])
+
+    def answer_batch(batch: list[dict], loaded: list[_Item]) -> list[dict]:
+        traces = agent.answer_batch([it.request for it in loaded])
+        for it, tr in zip(loaded, traces):
+            traces_by_id[it.row["question_id"]] = (it, tr)
+        return [
+            _answer_row(it, tr, model_id, extra_metadata(it, tr) if extra_metadata else None)
+            for it, tr in zip(loaded, traces)
+        ]
+
+    def committed(batch: list[dict], rows: list[dict]) -> None:
+        """After the answers (the commit point): their traces, overlays and the System-2 count."""
+        nonlocal n_system2
+        done = [traces_by_id.pop(row["question_id"]) for row in rows]
+        append_lines(traces_out, [tr.to_dict() for _, tr in done])
+        n_system2 += sum(tr.system == "system2" for _, tr in done)
+        if overlay_dir:
+            for it, tr in done:
+                if tr.system == "system2" and it.request.image is not None:
+                    save_overlay(it.request.image, tr, overlay_dir)
+
+    summary = run_batches(
+        [row for row, *_ in items], out, expected, answer_batch, batch_size=batch_size, load=load,
+        on_open=lambda done: reconcile_traces(traces_out, out, done), on_commit=committed, desc="fast",
+        progress=progress,
+    )  # fmt: skip
     return {
-        "questions": len(items),
-        "answered_now": len(todo),
-        "resumed": len(items) - len(todo),
-        "redone": redone,
+        **summary,
         "system2_now": n_system2,
-        "seconds": seconds,
-        "sec_per_question": seconds / max(1, len(todo)),
         "answers_file": str(out),
         "traces_file": str(traces_out),
     }
@@ -204,19 +200,22 @@ def answer_question_file(
     answers_file: str | Path,
     *,
     traces_file: str | Path | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     num_chunks: int = 1,
     chunk_idx: int = 0,
     model_id: str = "fast",
     overlay_dir: str | Path | None = None,
 ) -> dict:
-    """LLaVA question JSONL (`question_id`, `image`, `text`) → LLaVA answer JSONL with the trace in metadata."""
+    """LLaVA question JSONL (`question_id`, `image`, `text`) → LLaVA answer JSONL with the trace in metadata.
+
+    `batch_size`: questions per agent call (default: the agent's `config.batch_size`)."""
     questions = chunk(read_questions(question_file), num_chunks, chunk_idx)
     items = [
         (q, Path(image_folder) / q["image"] if q.get("image") else None, q["text"], None) for q in questions
     ]
     return _run(
-        agent, items, answers_file, traces_file=traces_file, batch_size=batch_size, model_id=model_id,
+        agent, items, answers_file, traces_file=traces_file, model_id=model_id,
+        batch_size=batch_size or agent.config.batch_size,
         overlay_dir=overlay_dir,
     )  # fmt: skip
 
@@ -244,7 +243,7 @@ def answer_vstar(
     answers_file: str | Path,
     *,
     traces_file: str | Path | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     num_chunks: int = 1,
     chunk_idx: int = 0,
     model_id: str = "fast",
@@ -270,24 +269,21 @@ def answer_vstar(
         }
 
     summary = _run(
-        agent, items, answers_file, traces_file=traces_file, batch_size=batch_size, model_id=model_id,
+        agent, items, answers_file, traces_file=traces_file, model_id=model_id,
+        batch_size=batch_size or agent.config.batch_size,
         overlay_dir=overlay_dir, extra_metadata=extra,
     )  # fmt: skip
     return {**summary, **vstar_summary(answers_file)}
 
 
 def vstar_summary(answers_file: str | Path) -> dict:
-    """Accuracy, per-category accuracy and System-2 rate of a V*Bench answers file."""
-    per: dict[str, list[bool]] = {}
-    system2 = 0
+    """Accuracy, per-category accuracy (`eval.vstar_bench.vstar_scores`) and System-2 rate of a V*Bench
+    answers file."""
     rows = [json.loads(line) for line in Path(answers_file).read_text().splitlines() if line.strip()]
-    for row in rows:
-        meta = row["metadata"]
-        per.setdefault(meta["category"], []).append(bool(meta["correct"]))
-        system2 += meta["system"] == "system2"
-    everything = [c for v in per.values() for c in v]
+    scores = vstar_scores((r["metadata"]["category"], bool(r["metadata"]["correct"])) for r in rows)
+    system2 = sum(r["metadata"]["system"] == "system2" for r in rows)
     return {
-        "accuracy": sum(everything) / max(1, len(everything)),
-        "per_category": {k: sum(v) / len(v) for k, v in sorted(per.items())},
+        "accuracy": scores["accuracy"],
+        "per_category": scores["per_category"],
         "system2_rate": system2 / max(1, len(rows)),
     }

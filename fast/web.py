@@ -129,7 +129,7 @@ def demo_defaults() -> dict:
         "seg": str(DEMO_CHECKPOINTS / "seg"),
         "switch_max_new_tokens": AGENT_KNOBS["switch_max_new_tokens"],
         "roi_max_new_tokens": AGENT_KNOBS["roi_max_new_tokens"],
-        "max_new_tokens": AGENT_KNOBS["answer_max_new_tokens"],
+        "answer_max_new_tokens": AGENT_KNOBS["answer_max_new_tokens"],
         "question_suffix": SHORT_ANSWER_SUFFIX,
     }
 
@@ -186,7 +186,7 @@ def message(text: str) -> str:
 
 def read_upload(payload) -> tuple[Image.Image | None, str | None]:
     """The uploaded image (RGB), or a message saying why it cannot be used."""
-    from roillava.data import open_image
+    from eval.images import open_image
 
     if payload is None:
         return None, "upload an image or pick an example first."

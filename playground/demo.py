@@ -595,8 +595,8 @@ def accuracy_cost_plot(result: dict, path: Path) -> Path:
 
 def stage_agent_report() -> dict:
     """`playground/demo/report.md`: the table, acceptance, memory, the evidence ablation and System-2 traces."""
+    from eval.images import open_image
     from fast.trace import Trace, draw_overlay
-    from roillava.data import open_image
 
     result = json.loads((AGENT_DIR / "agent_eval.json").read_text())
     overlays = DEMO / "report"

@@ -724,7 +724,7 @@ def test_peft_loraplus_groups_differ_from_ours(tiny_base, tmp_path):
 def test_runner_redoes_regenerated_questions_and_shows_progress(tmp_path, capsys):
     """The toy world regenerated (same ids, new question text and images): the rerun answers them again
     instead of 'finishing' at once with the old answers; unchanged ones are kept; every id once."""
-    from roillava.answer import run_questions
+    from eval.runner import run_questions
 
     img = tmp_path / "images"
     img.mkdir()
@@ -759,7 +759,7 @@ def test_runner_redoes_regenerated_questions_and_shows_progress(tmp_path, capsys
 
 
 def test_runner_records_a_missing_image_key_when_an_image_is_needed(tmp_path):
-    from roillava.answer import run_questions
+    from eval.runner import run_questions
 
     qf = _write_jsonl(tmp_path / "q.jsonl", [{"question_id": 7, "text": "where?"}])
     answers = tmp_path / "a.jsonl"

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from eval.run import chunk_rows, main
+from eval.run import main
+from eval.runner import chunk
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = "\nAnswer the question using a single word or phrase."
@@ -321,14 +322,14 @@ def test_chunks_wait_then_merge(tiny_base, eval_root):
 
 
 @pytest.mark.parametrize(("n_rows", "n_chunks"), [(6, 2), (7, 3), (2, 4), (0, 2)])
-def test_chunk_split_is_the_answerers(n_rows, n_chunks):
-    """The merge step's completeness check splits the questions exactly as the answerer does."""
-    from roillava.answer import chunk
-
+def test_chunks_are_contiguous_near_equal_and_cover_every_row(n_rows, n_chunks):
+    """LLaVA's split (the answerers' and the merge step's completeness check use the same `chunk`)."""
     rows = list(range(n_rows))
-    assert [chunk_rows(rows, n_chunks, k) for k in range(n_chunks)] == [
-        chunk(rows, n_chunks, k) for k in range(n_chunks)
-    ]
+    parts = [chunk(rows, n_chunks, k) for k in range(n_chunks)]
+    assert [r for p in parts for r in p] == rows
+    assert all(len(p) <= -(-n_rows // n_chunks) for p in parts)
+    with pytest.raises(ValueError, match="outside"):
+        chunk(rows, n_chunks, n_chunks)
 
 
 def test_shell_runner_with_parallel_chunks(tiny_base, eval_root):

@@ -1,8 +1,9 @@
 """System-1 answerer: batched, left-padded greedy generation over LLaVA question JSONL.
 
 Writes LLaVA answer JSONL (`question_id`, `prompt`, `text`, `answer_id`, `model_id`, `metadata`),
-one line per question, flushed after every batch. A rerun resumes: questions already answered are
-skipped and a line cut off by a kill is dropped, so each question is answered exactly once.
+one line per question, flushed after every batch, through the loop every runner shares
+(`eval.runner.run_questions`). A rerun resumes: questions already answered are skipped and a line cut
+off by a kill is dropped, so each question is answered exactly once.
 
     python -m roillava.answer --model-path CKPT --question-file Q.jsonl --image-folder DIR \
         --answers-file A.jsonl [--batch-size 8] [--num-chunks N --chunk-idx K]
@@ -12,22 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
 from transformers import StaticCache
 
+from eval.runner import run_questions
+
 from .conversation import IMAGE_PLACEHOLDER, conversation_segments, get_template, tokenize_segments
-from .data import image_seq_length, open_image
+from .data import image_seq_length
 from .model import BITS_HELP, DTYPE_CHOICES, DTYPE_HELP, inference_dtype
 
 
@@ -215,129 +211,6 @@ def option_losses(
     return (ce.sum(1) / (targets != -100).sum(1)).tolist()
 
 
-def chunk(rows: list, num_chunks: int, chunk_idx: int) -> list:
-    """LLaVA's split of a question file over GPUs: contiguous, near-equal chunks."""
-    if not 0 <= chunk_idx < num_chunks:
-        raise ValueError(f"--chunk-idx {chunk_idx} outside 0..{num_chunks - 1}")
-    size = -(-len(rows) // num_chunks)
-    return rows[chunk_idx * size : (chunk_idx + 1) * size]
-
-
-def batched(items: Iterable, n: int) -> Iterator[list]:
-    batch = []
-    for it in items:
-        batch.append(it)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def append_lines(answers_file: Path, rows: list[dict]) -> None:
-    with answers_file.open("a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-# A solver answers one batch: the question rows and, per row, its images (empty for text-only
-# questions), or what `prepare` made of them; it returns one (text, metadata) per row, in order.
-Solver = Callable[[list[dict], Any], list[tuple[str, dict]]]
-# Work on a batch's images that needs no model (decoding, preprocessing), done one batch ahead.
-Prepare = Callable[[list[dict], list[list]], Any]
-
-
-def _load_batch(
-    batch: list[dict], image_folder: str, prepare: Prepare | None, needs_image: bool, where: dict
-):
-    """The batch's readable questions, their images (or `prepare`'s result) and the unreadable ones."""
-    kept, kept_images, failed = [], [], []
-    for q in batch:
-        if needs_image and not q.get("image"):
-            failed.append((q, f"question has no 'image' ({where.get(q['question_id'], 'question file')})"))
-            continue
-        try:
-            images = [open_image(Path(image_folder) / q["image"])] if q.get("image") else []
-        except (FileNotFoundError, OSError) as e:
-            failed.append((q, str(e)))
-            continue
-        kept.append(q)
-        kept_images.append(images)
-    payload = prepare(kept, kept_images) if prepare is not None and kept else kept_images
-    return kept, payload, failed
-
-
-def run_questions(
-    question_file: str,
-    image_folder: str,
-    answers_file: str,
-    solve: Solver,
-    *,
-    batch_size: int = 8,
-    model_id: str = "llava",
-    num_chunks: int = 1,
-    chunk_idx: int = 0,
-    progress: bool = True,
-    error_metadata: dict | None = None,
-    prepare: Prepare | None = None,
-    settings: dict | None = None,
-    needs_image: bool = False,
-) -> dict:
-    """The resumable loop shared by every answerer: chunk, skip answered, batch, append, time.
-
-    Questions are read and answers written with `eval.qa_files` (one policy for every runner: bad
-    records fail naming file:line, an exclusive lock on the answers file, and each answer stored with
-    the fingerprint of its question, image, model and `settings`, so a rerun redoes changed questions
-    instead of reusing their old answers). A question whose image cannot be read (or that has none
-    when `needs_image`) gets an empty answer with `metadata.error` (plus `error_metadata`), so it is
-    counted rather than silently dropped or fatal. The next batch's images are read (and `prepare`d)
-    in a background thread while the model answers this one, as LLaVA's evaluation does with
-    DataLoader workers: decoding and resizing images is host work the model need not wait for.
-    """
-    from eval.qa_files import AnswersFile, fingerprints, read_questions
-
-    all_questions = read_questions(question_file)
-    questions = chunk(all_questions, num_chunks, chunk_idx)
-    settings = {"model_id": model_id, **(settings or {})}
-    expected = fingerprints(questions, image_folder, settings)
-    start, n_missing_images = time.perf_counter(), 0
-    with AnswersFile(answers_file, expected, quiet=not progress) as answers:
-        todo = [q for q in questions if q["question_id"] not in answers.done]
-        # Similar prompts batched together waste less padding (answers are keyed by id, order is free).
-        by_length = sorted(todo, key=lambda q: (bool(q.get("image")), len(q.get("text", ""))))
-        batches = list(batched(by_length, batch_size))
-        load = (image_folder, prepare, needs_image, all_questions.where)
-        with ThreadPoolExecutor(max_workers=1) as loader:
-            ahead = loader.submit(_load_batch, batches[0], *load) if batches else None
-            bar = tqdm(total=len(todo), desc="answering", unit="q", disable=not progress)
-            for k in range(len(batches)):
-                kept, payload, failed = ahead.result()
-                if k + 1 < len(batches):
-                    ahead = loader.submit(_load_batch, batches[k + 1], *load)
-                for q, error in failed:
-                    n_missing_images += 1
-                    meta = {**(error_metadata or {}), "error": error}
-                    answers.append([_answer_row(q, "", model_id, meta)])
-                if kept:
-                    results = solve(kept, payload)
-                    answers.append([_answer_row(q, t, model_id, m) for q, (t, m) in zip(kept, results)])
-                bar.update(len(batches[k]))
-            bar.close()
-        redone = answers.redone
-    seconds = time.perf_counter() - start
-    return {
-        "questions": len(questions),
-        "answered_now": len(todo),
-        "resumed": len(questions) - len(todo),
-        "redone": redone,
-        "text_only": sum(not q.get("image") for q in questions),
-        "missing_images": n_missing_images,
-        "seconds": seconds,
-        "sec_per_question": seconds / max(1, len(todo)),
-    }
-
-
 def answer_file(
     model,
     processor,
@@ -394,17 +267,6 @@ def answer_file(
             "runner": "answer", "model": model_signature, "template": template, "max_new_tokens": max_new_tokens
         },
     )  # fmt: skip
-
-
-def _answer_row(q: dict, text: str, model_id: str, metadata: dict) -> dict:
-    return {
-        "question_id": q["question_id"],
-        "prompt": q["text"],
-        "text": text,
-        "answer_id": uuid.uuid4().hex,
-        "model_id": model_id,
-        "metadata": metadata,
-    }
 
 
 def load_for_inference(

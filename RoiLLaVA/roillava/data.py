@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -11,6 +10,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from eval.checks import load_json_records
+from eval.images import open_image
 
 from .conversation import (
     IGNORE_INDEX,
@@ -23,45 +25,6 @@ from .conversation import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def load_json_records(path: str | Path) -> list[dict]:
-    """A LLaVA JSON list (or JSONL) file; a parse error names the file (and line for JSONL)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    from eval.checks import read_utf8
-
-    text = read_utf8(path)
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: invalid JSON line: {e}") from None
-        return rows
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON: {e}") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return data
-
-
-def open_image(path: Path) -> Image.Image:
-    """8-bit RGB image (any PIL mode, EXIF orientation applied: `eval.images`); a missing or unreadable
-    file raises an error naming it."""
-    from eval.images import open_rgb
-
-    try:
-        return open_rgb(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except (OSError, ValueError) as e:
-        raise OSError(f"unreadable image {path}: {e}") from None
 
 
 def image_seq_length(model_config) -> int:

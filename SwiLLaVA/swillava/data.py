@@ -13,7 +13,6 @@ there) and is ignored. Each sample has `object_slots` fixed slots; unused ones a
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +21,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from eval.checks import load_json_records
+from eval.images import open_image
 
 from .conversation import (
     IGNORE_INDEX,
@@ -66,42 +68,6 @@ def data_files(data_path: str | Path) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"{path}: no *.json data files")
     return files
-
-
-def load_json_records(path: Path) -> list[dict]:
-    """A JSON list (or JSONL) of records; a parse error names the file (and line for JSONL)."""
-    from eval.checks import read_utf8
-
-    text = read_utf8(path)
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: invalid JSON line: {e}") from None
-        return rows
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON: {e}") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return data
-
-
-def open_image(path: Path) -> Image.Image:
-    """8-bit RGB image (any PIL mode, EXIF orientation applied: `eval.images`); a missing or unreadable
-    file raises an error naming it."""
-    from eval.images import open_rgb
-
-    try:
-        return open_rgb(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except (OSError, ValueError) as e:
-        raise OSError(f"unreadable image {path}: {e}") from None
 
 
 def record_objects(rec: dict, turns: list[tuple[str, str]]) -> list[dict]:
