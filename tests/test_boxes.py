@@ -5,7 +5,16 @@ import pytest
 import torch
 from PIL import Image
 
-from roillava.boxes import CLIP_MEAN_RGB, PaddedFrame, cos_box_from_params, crop_padded, expand_to_square
+from roillava.boxes import (
+    CLIP_MEAN_RGB,
+    PaddedFrame,
+    cos_box_from_params,
+    crop_padded,
+    expand_to_square,
+    padded_crop_bounds,
+    paste_region_mask,
+    region_pixel_box,
+)
 
 
 @pytest.mark.parametrize(
@@ -57,3 +66,33 @@ def test_crop_touching_the_border():
     # rows 336..392 of the padded frame are image (red), rows 392..448 are padding
     assert (arr[:56] == (255, 0, 0)).all() and (arr[56:] == CLIP_MEAN_RGB).all()
     assert crop_padded(img, (1.0, 1.0, 1.0, 1.0)).size == (1, 1)
+
+
+# --- a region on the padded frame: its crop, its box on the image, its mask pasted back --------------------
+def test_region_bounds_and_box_on_a_landscape_image():
+    # 448x336: side 448, oy = 56. (0.25, 0.25, 0.5, 0.5) is pixels 112..224 on the square both ways.
+    assert padded_crop_bounds(448, 336, (0.25, 0.25, 0.5, 0.5)) == (112, 112, 224, 224)
+    assert region_pixel_box(448, 336, (0.25, 0.25, 0.5, 0.5)) == (112.0, 56.0, 112.0, 112.0)
+    assert region_pixel_box(448, 336, (0.0, 0.0, 1.0, 1.0)) == (0.0, 0.0, 448.0, 336.0)
+    # a box wholly in the top padding still gives one pixel row of the image, never an empty box
+    assert region_pixel_box(448, 336, (0.0, 0.0, 1.0, 0.05)) == (0.0, 0.0, 448.0, 1.0)
+    # a degenerate box is at least one pixel on the square
+    assert padded_crop_bounds(448, 336, (0.5, 0.5, 0.5, 0.5)) == (224, 224, 225, 225)
+
+
+def test_crop_and_paste_are_inverse_on_the_image_content():
+    """A mask that is True on the whole crop, pasted back, marks exactly the crop's part of the image."""
+    img = Image.new("RGB", (336, 448), (9, 9, 9))  # portrait: ox = 56
+    box = (0.1, 0.2, 0.3, 0.6)
+    crop = crop_padded(img, box)
+    left, top, right, bottom = padded_crop_bounds(336, 448, box)
+    assert crop.size == (right - left, bottom - top)
+    full = paste_region_mask(np.ones((crop.height, crop.width), bool), 336, 448, box)
+    assert full.shape == (448, 336)
+    x, y, w, h = region_pixel_box(336, 448, box)
+    ys, xs = np.nonzero(full)
+    assert (xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()) == (x, y, w, h)
+    # the crop's pixels that lie in the padding are the padding colour, and none of them is pasted
+    assert crop.getpixel((0, 0)) == CLIP_MEAN_RGB and full.sum() == w * h
+    with pytest.raises(ValueError, match="region mask is"):
+        paste_region_mask(np.ones((5, 5), bool), 336, 448, box)

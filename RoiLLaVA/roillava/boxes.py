@@ -7,8 +7,10 @@ square's side.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 CLIP_MEAN_RGB = (122, 116, 104)  # int(255 * CLIP mean), LLaVA's padding colour
@@ -72,11 +74,36 @@ def cos_box_from_params(params: list[float], width: int, height: int) -> list[fl
     return [round(x1 / s, 3), round(y1 / s, 3), round(x2 / s, 3), round(y2 / s, 3)]
 
 
+def padded_crop_bounds(width: int, height: int, box_norm: Sequence[float]) -> tuple[int, int, int, int]:
+    """Pixel bounds (left, top, right, bottom) of a normalised box on the padded square, >= 1 px: the one
+    rounding every crop, region box and pasted mask uses."""
+    side = PaddedFrame(width, height).side
+    x1, y1, x2, y2 = box_norm
+    left, top = int(round(x1 * side)), int(round(y1 * side))
+    return left, top, max(left + 1, int(round(x2 * side))), max(top + 1, int(round(y2 * side)))
+
+
 def crop_padded(image: Image.Image, box_norm: tuple[float, float, float, float]) -> Image.Image:
     """The normalised padded-frame box cut from the padded image (at least 1 px each way)."""
-    square = expand_to_square(image)
-    s = square.width
-    x1, y1, x2, y2 = box_norm
-    left, top = int(round(x1 * s)), int(round(y1 * s))
-    right, bottom = max(left + 1, int(round(x2 * s))), max(top + 1, int(round(y2 * s)))
-    return square.crop((left, top, right, bottom))
+    return expand_to_square(image).crop(padded_crop_bounds(image.width, image.height, box_norm))
+
+
+def region_pixel_box(width: int, height: int, box_norm: Sequence[float]) -> tuple[float, float, float, float]:
+    """The region as `(x, y, w, h)` on the original image (clipped to it; at least 1 px)."""
+    ox, oy = PaddedFrame(width, height).offset
+    left, top, right, bottom = padded_crop_bounds(width, height, box_norm)
+    x1, y1 = min(max(left - ox, 0), width - 1), min(max(top - oy, 0), height - 1)
+    x2, y2 = max(min(right - ox, width), x1 + 1), max(min(bottom - oy, height), y1 + 1)
+    return float(x1), float(y1), float(x2 - x1), float(y2 - y1)
+
+
+def paste_region_mask(mask: np.ndarray, width: int, height: int, box_norm: Sequence[float]) -> np.ndarray:
+    """A mask predicted on the region crop (`crop_padded`), placed on the original image (padding cut away)."""
+    frame = PaddedFrame(width, height)
+    ox, oy = frame.offset
+    left, top, right, bottom = padded_crop_bounds(width, height, box_norm)
+    if mask.shape != (bottom - top, right - left):
+        raise ValueError(f"region mask is {mask.shape}, the region is {(bottom - top, right - left)}")
+    full = np.zeros((frame.side, frame.side), dtype=bool)
+    full[top:bottom, left:right] = mask
+    return full[oy : oy + height, ox : ox + width]

@@ -9,6 +9,8 @@ decoding step, so no second pass is needed. SAM's image encoder runs once per im
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,7 +19,21 @@ from PIL import Image
 from eval.images import to_rgb
 
 from .conversation import IMAGE_PLACEHOLDER, conversation_segments, tokenize_segments
-from .model import SegLLaVA, SegResult
+
+if TYPE_CHECKING:  # `model.py` imports this module (SegLLaVA.segment); the model is only an annotation here
+    from .model import SegLLaVA
+
+
+@dataclass
+class SegResult:
+    """One query's answer: the generated text and one boolean mask [H, W] per `[SEG]` it produced."""
+
+    text: str
+    masks: list[np.ndarray]
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        return self.masks[0] if self.masks else None
 
 
 def prompt_ids(seg: SegLLaVA, tokenizer, question: str, answer: str | None = None) -> list[int]:

@@ -37,6 +37,7 @@ from eval.llava_hf import DTYPE_CHOICES, DTYPE_HELP, DTYPES, inference_dtype, lo
 from eval.llava_hf import llava_processor as load_processor  # noqa: F401
 
 from .conversation import IM_END, IM_START, SEG_TOKEN, TokenLayout
+from .inference import SegResult, generate_masks
 from .losses import SegLossWeights, seg_mask_loss
 from .sam_checkpoint import load_sam
 from .sam_io import postprocess_masks, sam_preprocess
@@ -102,18 +103,6 @@ class SegOutput(ModelOutput):
     dice_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     pred_masks: list[torch.Tensor] | None = None
-
-
-@dataclass
-class SegResult:
-    """One query's answer: the generated text and one boolean mask [H, W] per `[SEG]` it produced."""
-
-    text: str
-    masks: list[np.ndarray]
-
-    @property
-    def mask(self) -> np.ndarray | None:
-        return self.masks[0] if self.masks else None
 
 
 def seg_token_positions(input_ids: torch.Tensor, seg_token_id: int) -> torch.Tensor:
@@ -513,8 +502,6 @@ class SegLLaVA(nn.Module):
     @torch.inference_mode()
     def segment(self, image: Image.Image, query: str, *, max_new_tokens: int = 32) -> SegResult:
         """Generate LISA's answer to `query` about `image` and decode a mask for every `[SEG]` it emits."""
-        from .inference import generate_masks
-
         return generate_masks(self, self.processor, [image], [query], max_new_tokens=max_new_tokens)[0]
 
 
