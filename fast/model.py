@@ -18,7 +18,6 @@ exactly the ids it was trained with (`check_token_ids` refuses anything that cou
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +28,7 @@ from torch import nn
 
 from roillava.model import llava_processor, load_base
 from roillava.roi import RoiConfig
-from roillava.wording import TRAIN_CONFIG_FILE as ROI_TRAIN_CONFIG_FILE
-from roillava.wording import resolve_roi_wording
+from roillava.wording import recorded_template, resolve_roi_wording
 from swillava.conversation import OBJECT_PLACEHOLDER
 from swillava.infer import SwitchAdapter
 from swillava.model import OBJECT_PROJECTOR, SwiConfig, SwiLLaVA, attach_object_projector, load_switch
@@ -214,14 +212,11 @@ def read_roi_config(
 ) -> tuple[RoiConfig, str]:
     """The ROI prompt (wording, template) to ask the adapter with, and why that wording.
 
-    The wording is `wording` when given, else the one the adapter records (our run config, or
-    `roi_wording` in a converted checkpoint's config.json), else Chain-of-Spot's evaluation wording.
+    The template is the one the adapter records (`roillava.wording.recorded_template`); the wording is
+    `wording` when given, else the one the adapter records, else Chain-of-Spot's evaluation wording.
     """
-    path = Path(directory) / ROI_TRAIN_CONFIG_FILE
-    template = "vicuna_v1"
-    if path.is_file():
-        template = json.loads(path.read_text()).get("model", {}).get("version", template)
     wording, why = resolve_roi_wording(directory, wording)
+    template = recorded_template(directory)
     return RoiConfig(wording=wording, template=template, roi_max_new_tokens=max_new_tokens), why
 
 

@@ -55,6 +55,10 @@ def test_finetune_lora_two_steps_saves_adapter_with_projector(tiny_base, toy_wor
     config = json.loads((out / "roillava_train_config.json").read_text())
     assert config["data"]["roi_data_path"] == env["ROI_DATA"] and config["data"]["roi_wording"] == "where"
     assert resolve_roi_wording(out)[0] == "where"  # asked at test time as it was trained
+    # the adapter's own prompt settings (roi.RoiConfig), which the answerers and the agent read
+    roi_config = json.loads((out / "roi_config.json").read_text())
+    assert (roi_config["wording"], roi_config["template"]) == ("where", config["model"]["version"])
+    assert "roi_config.json" in resolve_roi_wording(out)[1]
     assert config["training"]["mm_projector_lr"] == 1e-2 and config["training"]["lora_enable"] is True
     summary = json.loads((out / "data_summary.json").read_text())
     assert summary["roi_questions"] == 3 * toy_world["size"].train and summary["roi_missing"] == 0

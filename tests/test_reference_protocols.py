@@ -39,6 +39,7 @@ from roillava.roi import (
     stage2_prompt,
 )
 from roillava.train import TRAIN_CONFIG_FILE
+from roillava.wording import ROI_CONFIG_FILE
 from roillava.wording import TRAIN_CONFIG_FILE as RECORDED_IN
 from segllava.masks import DataError, reason_seg_mask
 from swillava.objects import ObjectInstance, check_box, expand_objects, location_string, patch_bounds
@@ -201,6 +202,11 @@ def test_roi_wording_follows_the_checkpoint(tmp_path):
     config, why = read_roi_config(ours, max_new_tokens=8)
     assert (config.wording, config.template) == ("where", "v1") and TRAIN_CONFIG_FILE in why
     assert read_roi_config(converted, max_new_tokens=8)[0].wording == "what"
+    # a checkpoint's own prompt settings (roi_config.json) come first; the training-run file is the fallback
+    (ours / ROI_CONFIG_FILE).write_text(json.dumps({"wording": "what", "template": "vicuna_v1"}))
+    config, why = read_roi_config(ours, max_new_tokens=8)
+    assert (config.wording, config.template) == ("what", "vicuna_v1") and ROI_CONFIG_FILE in why
+    (ours / ROI_CONFIG_FILE).unlink()
     for roi_dir, wording in ((ours, "where"), (converted, "what"), (unrecorded, "what")):
         args = ["gqa", "--model-path", "m", "--mode", "cos", "--roi-path", str(roi_dir)]
         cfg = config_from_args(build_parser().parse_args(args))

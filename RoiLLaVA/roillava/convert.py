@@ -44,11 +44,10 @@ from eval.original_checkpoint import (
 )
 
 from .roi import RoiConfig
+from .wording import ROI_CONFIG_FILE, ROI_WORDING_KEY, TRAIN_CONFIG_FILE
 
-ROI_CONFIG_FILE = "roi_config.json"
-ROI_WORDING_KEY = "roi_wording"  # a converted checkpoint's recorded stage-1 wording, in its config.json
 FAMILIES = ("llava", "cos", "llava-lora", "cos-lora", "adapter")
-RUN_CONFIG_FILES = ("roillava_train_config.json", ROI_CONFIG_FILE)
+RUN_CONFIG_FILES = (TRAIN_CONFIG_FILE, ROI_CONFIG_FILE)
 PROCESSOR_FILES = (
     "processor_config.json",
     "preprocessor_config.json",

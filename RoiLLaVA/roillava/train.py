@@ -41,9 +41,10 @@ from .model import (
     load_projector,
     save_projector,
 )
+from .roi import RoiConfig
+from .wording import ROI_CONFIG_FILE, TRAIN_CONFIG_FILE
 
 logger = logging.getLogger(__name__)
-TRAIN_CONFIG_FILE = "roillava_train_config.json"
 PROJECTOR_FILE = "mm_projector.safetensors"
 
 
@@ -232,17 +233,26 @@ class LLaVATrainer(Trainer):
         return self.optimizer
 
 
-class SaveConfigCallback(TrainerCallback):
-    """Writes the run's typed configuration next to every checkpoint."""
+def save_configs(directory: Path, config: dict, roi_config: RoiConfig | None) -> None:
+    """The run's typed configuration, and for a ROI adapter the prompt settings it is to be asked with
+    (`roi_config.json`, what the answerers and the agent read)."""
+    (directory / TRAIN_CONFIG_FILE).write_text(json.dumps(config, indent=1))
+    if roi_config is not None:
+        (directory / ROI_CONFIG_FILE).write_text(json.dumps(asdict(roi_config), indent=1))
 
-    def __init__(self, config: dict):
+
+class SaveConfigCallback(TrainerCallback):
+    """Writes the run's configurations next to every checkpoint."""
+
+    def __init__(self, config: dict, roi_config: RoiConfig | None = None):
         self.config = config
+        self.roi_config = roi_config
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
-                (ckpt / TRAIN_CONFIG_FILE).write_text(json.dumps(self.config, indent=1))
+                save_configs(ckpt, self.config, self.roi_config)
 
 
 class EpochCallback(TrainerCallback):
@@ -412,6 +422,11 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
         )
 
     config = run_config(model_args, data_args, training_args)
+    roi_config = (
+        RoiConfig(wording=data_args.roi_wording, template=model_args.version)
+        if data_args.roi_data_path
+        else None
+    )
     trainer = LLaVATrainer(
         model=model,
         args=training_args,
@@ -419,7 +434,7 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
         data_collator=DataCollatorForSupervisedDataset(
             processor.tokenizer.pad_token_id, image_size=processed_image_size(processor.image_processor)
         ),
-        callbacks=[SaveConfigCallback(config)]
+        callbacks=[SaveConfigCallback(config, roi_config)]
         + ([EpochCallback(dataset)] if hasattr(dataset, "set_epoch") else []),
         projector_only=model_args.tune_mm_mlp_adapter,
     )
@@ -433,7 +448,7 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
     trainer.save_model(str(out))  # projector-only runs: mm_projector.safetensors alone
     if trainer.is_world_process_zero():
         processor.save_pretrained(out)
-        (out / TRAIN_CONFIG_FILE).write_text(json.dumps(config, indent=1))
+        save_configs(out, config, roi_config)
         summary = dataset.summary()
         (out / "data_summary.json").write_text(json.dumps(summary))
         print(f"data summary: {json.dumps(summary)}", file=sys.stderr)

@@ -1,4 +1,9 @@
-"""The ROI adapter's stage-1 wording: which one a checkpoint records, and which one to ask it with.
+"""How a ROI adapter is asked: the prompt settings it records, and the stage-1 wording to ask it with.
+
+Every ROI checkpoint records its prompt settings next to its weights in `roi_config.json` (the typed
+`roi.RoiConfig`: wording, template, ...), written by training and by conversion, as the other projects
+save `swillava_config.json` and `segllava_config.json`. Checkpoints from before that file record the
+same in their training-run file (`roillava_train_config.json`), which is still read.
 
 Torch-free, so launchers can resolve and record it without loading the model stack. The prompts
 themselves are built in `roi.py`, which also explains the two wordings.
@@ -13,7 +18,9 @@ ROI_WORDINGS = ("where", "what")
 DEFAULT_ROI_WORDING = "where"  # what our training uses unless told otherwise
 UNRECORDED_ROI_WORDING = "what"  # Chain-of-Spot's evaluation prompt, for a model that records none
 TRAIN_CONFIG_FILE = "roillava_train_config.json"  # our run config, saved next to every checkpoint
+ROI_CONFIG_FILE = "roi_config.json"  # the adapter's prompt settings (`roi.RoiConfig`), saved next to it
 ROI_WORDING_KEY = "roi_wording"
+DEFAULT_TEMPLATE = "vicuna_v1"
 
 
 def check_wording(wording: str) -> str:
@@ -22,14 +29,34 @@ def check_wording(wording: str) -> str:
     return wording
 
 
+def recorded_template(model_dir: str | Path) -> str:
+    """The conversation template the adapter was trained with (`roi_config.json`, else an older
+    checkpoint's training-run file), else LLaVA-1.5's `vicuna_v1`."""
+    d = Path(model_dir)
+    for name, keys in ((ROI_CONFIG_FILE, ("template",)), (TRAIN_CONFIG_FILE, ("model", "version"))):
+        try:
+            value = json.loads((d / name).read_text())
+            for key in keys:
+                value = value[key]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            continue
+        return value
+    return DEFAULT_TEMPLATE
+
+
 def recorded_roi_wording(model_dir: str | Path) -> tuple[str, str] | None:
     """(wording, where it is recorded) for a checkpoint directory, or None when it records none.
 
-    Read from our run config (`roillava_train_config.json`, `data.roi_wording`), else from a
-    `"roi_wording"` entry of `config.json` (converted or merged checkpoints).
+    Read from its prompt settings (`roi_config.json`, `wording`), else an older checkpoint's run config
+    (`roillava_train_config.json`, `data.roi_wording`), else a `"roi_wording"` entry of `config.json`
+    (converted or merged checkpoints).
     """
     d = Path(model_dir)
-    for name, keys in ((TRAIN_CONFIG_FILE, ("data", ROI_WORDING_KEY)), ("config.json", (ROI_WORDING_KEY,))):
+    for name, keys in (
+        (ROI_CONFIG_FILE, ("wording",)),
+        (TRAIN_CONFIG_FILE, ("data", ROI_WORDING_KEY)),
+        ("config.json", (ROI_WORDING_KEY,)),
+    ):
         path = d / name
         if not path.is_file():
             continue
