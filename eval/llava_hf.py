@@ -6,6 +6,7 @@ decides the frame every box, crop and mask lives in, and one rule what `--dtype 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -77,3 +78,24 @@ def load_llava_for_inference(
             llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"],
         )
     return LlavaForConditionalGeneration.from_pretrained(str(path), **kwargs)
+
+
+def left_pad(
+    rows: Sequence[Sequence[int]], pad_token_id: int, shared_prefix: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of a batch, padded on the left of each row's own part: the one
+    padding rule of every batched prompt (generation, teacher forcing, likelihoods).
+
+    With `shared_prefix` = P the first P ids (the same in every row) stay in front and the padding goes
+    between them and the rest: `[prefix][pad...][rest]`. Positions come from the mask, so each row sees
+    the positions it would see alone.
+    """
+    length = shared_prefix + max(len(r) - shared_prefix for r in rows)
+    ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :shared_prefix] = torch.tensor(list(r[:shared_prefix]), dtype=torch.long)
+        mask[i, :shared_prefix] = 1
+        ids[i, length - len(r) + shared_prefix :] = torch.tensor(list(r[shared_prefix:]), dtype=torch.long)
+        mask[i, length - len(r) + shared_prefix :] = 1
+    return ids, mask

@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional as F
 from transformers import StaticCache
 
+from eval.llava_hf import left_pad as left_pad_ids
 from eval.runner import run_questions
 
 from .conversation import IMAGE_PLACEHOLDER, conversation_segments, get_template, tokenize_segments
@@ -58,21 +59,9 @@ def build_prompt(question: str, images: list, *, tokenizer, model_config, templa
 def left_pad(
     prompts: list[Prompt], pad_token_id: int, shared_prefix: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ids and attention mask, padded on the left of each prompt's own part.
-
-    With `shared_prefix` = P the first P ids (the same in every prompt) stay in front and the padding
-    goes between them and the rest: `[prefix][pad...][rest]`. Positions come from the mask, so each
-    row sees the positions it would see alone.
-    """
-    length = shared_prefix + max(len(p.input_ids) - shared_prefix for p in prompts)
-    ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), length), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, :shared_prefix] = torch.tensor(p.input_ids[:shared_prefix], dtype=torch.long)
-        mask[row, :shared_prefix] = 1
-        ids[row, length - len(p.input_ids) + shared_prefix :] = torch.tensor(p.input_ids[shared_prefix:])
-        mask[row, length - len(p.input_ids) + shared_prefix :] = 1
-    return ids, mask
+    """Ids and attention mask of `prompts`, padded on the left of each prompt's own part
+    (`eval.llava_hf.left_pad`, the padding rule every project shares)."""
+    return left_pad_ids([p.input_ids for p in prompts], pad_token_id, shared_prefix)
 
 
 # Below this many tokens a shared prefix is not worth a forward pass of its own.

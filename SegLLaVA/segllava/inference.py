@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from eval.images import to_rgb
+from eval.llava_hf import left_pad
 
 from .conversation import IMAGE_PLACEHOLDER, conversation_segments, tokenize_segments
 
@@ -42,16 +43,6 @@ def prompt_ids(seg: SegLLaVA, tokenizer, question: str, answer: str | None = Non
         question = IMAGE_PLACEHOLDER + "\n" + question
     ids, _ = tokenize_segments(conversation_segments([(question, answer)]), tokenizer, seg.layout)
     return ids
-
-
-def left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r) :] = torch.tensor(r)
-        mask[i, length - len(r) :] = 1
-    return ids, mask
 
 
 def clip_pixels(seg: SegLLaVA, processor, images: Sequence[Image.Image]) -> torch.Tensor:

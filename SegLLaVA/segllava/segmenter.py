@@ -20,8 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from eval.llava_hf import left_pad
+
 from .conversation import SEG_TOKEN, VAL_ANSWER
-from .inference import clean_answer, clip_pixels, generated_seg_states, left_pad, prompt_ids
+from .inference import clean_answer, clip_pixels, generated_seg_states, prompt_ids
 from .model import SegLLaVA
 from .sam_checkpoint import load_sam
 
