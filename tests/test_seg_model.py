@@ -157,7 +157,9 @@ def test_sam_preprocess_and_postprocess_round_trip() -> None:
 
 def test_generated_seg_matches_teacher_forcing_and_chat_writes_pngs(seg, tmp_path) -> None:
     """Greedy decoding (left-padded batch) uses the state that emitted [SEG]: the teacher-forced one for "[SEG]."."""
-    from chat import chat_once
+    from project_scripts import load_script
+
+    chat_once = load_script("SegLLaVA/chat.py").chat_once
 
     from segllava.inference import generate_masks, prompt_ids, teacher_forced_masks
 

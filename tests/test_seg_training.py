@@ -115,7 +115,9 @@ def test_two_deepspeed_steps_write_a_self_contained_adapter(run) -> None:
 
 
 def test_merge_then_reload_gives_equal_masks(run, tmp_path) -> None:
-    from merge_lora_weights_and_save_hf_model import merge_and_save
+    from project_scripts import load_script
+
+    merge_and_save = load_script("SegLLaVA/merge_lora_weights_and_save_hf_model.py").merge_and_save
 
     merged_dir = merge_and_save(run["out"], tmp_path / "merged")
     adapter = SegLLaVA.from_pretrained(run["out"])
