@@ -6,7 +6,7 @@
 
 For a batch of questions every stage runs as one batch with one adapter active:
 
-1. switch: one prefill of each prompt followed by SEAL's missing-objects sentence (`switch_pass`) tells
+1. switch: one prefill of each prompt followed by SEAL's missing-objects sentence (`swillava.switch_pass`) tells
    whether greedy decoding would write that sentence. If not, the switch's own answer (greedy text, or
    the options' likelihoods, from the same cache) is System 1, done. If so, its continuation names the
    objects System 2 must find. "system2_always" continues the sentence for every question, so the switch
@@ -38,9 +38,10 @@ from PIL import Image
 from eval.vstar_bench import vstar_pixel_values
 from roillava.answer import build_prompt as build_llava_prompt
 from roillava.answer import generate as llava_generate
-from roillava.boxes import PaddedFrame, expand_to_square
+from roillava.boxes import crop_padded, paste_region_mask, region_pixel_box
 from roillava.roi import FULL_IMAGE_BOX, parse_roi_box, stage1_prompt
 from swillava.infer import parse_missing_objects, switch_reply_kind
+from swillava.likelihood import llava_option_losses_batch
 from swillava.objects import (
     MISSING_OBJECTS_PREFIX,
     ObjectInstance,
@@ -50,11 +51,10 @@ from swillava.objects import (
     expand_objects,
     patch_bounds,
 )
+from swillava.switch_pass import option_confidence
 
 from .config import AgentConfig
-from .likelihood import llava_option_losses_batch
 from .model import ROI, SEG, SWITCH, FastModel
-from .switch_pass import option_confidence, option_losses_batch, switch_pass
 from .trace import ObjectEvidence, Trace, mask_to_rle, tight_box
 
 
@@ -88,37 +88,6 @@ class SegOutcome:
     @property
     def found(self) -> bool:
         return self.mask is not None and bool(self.mask.any())
-
-
-def padded_crop_bounds(width: int, height: int, box_norm: Sequence[float]) -> tuple[int, int, int, int]:
-    """Pixel bounds (left, top, right, bottom) of a normalised box on the padded square, >= 1 px."""
-    side = PaddedFrame(width, height).side
-    x1, y1, x2, y2 = box_norm
-    left, top = int(round(x1 * side)), int(round(y1 * side))
-    return left, top, max(left + 1, int(round(x2 * side))), max(top + 1, int(round(y2 * side)))
-
-
-def region_pixel_box(width: int, height: int, box_norm: Sequence[float]) -> tuple[float, float, float, float]:
-    """The region as `(x, y, w, h)` on the original image (clipped to it; at least 1 px)."""
-    frame = PaddedFrame(width, height)
-    ox, oy = frame.offset
-    left, top, right, bottom = padded_crop_bounds(width, height, box_norm)
-    x1, y1 = min(max(left - ox, 0), width - 1), min(max(top - oy, 0), height - 1)
-    x2, y2 = max(min(right - ox, width), x1 + 1), max(min(bottom - oy, height), y1 + 1)
-    return float(x1), float(y1), float(x2 - x1), float(y2 - y1)
-
-
-def paste_region_mask(mask: np.ndarray, width: int, height: int, box_norm: Sequence[float]) -> np.ndarray:
-    """A mask predicted on the region crop, placed on the original image (padding cut away)."""
-    frame = PaddedFrame(width, height)
-    ox, oy = frame.offset
-    left, top, right, bottom = padded_crop_bounds(width, height, box_norm)
-    if mask.shape != (bottom - top, right - left):
-        raise ValueError(f"region mask is {mask.shape}, the region is {(bottom - top, right - left)}")
-    side = frame.side
-    full = np.zeros((side, side), dtype=bool)
-    full[top:bottom, left:right] = mask
-    return full[oy : oy + height, ox : ox + width]
 
 
 class _Clock:
@@ -278,7 +247,7 @@ class FastAgent:
             losses = clock.run(
                 stage,
                 scored,
-                lambda: option_losses_batch(switch, prompts, [requests[i].options for i in scored]),
+                lambda: switch.option_losses_batch(prompts, [requests[i].options for i in scored]),
             )
             for i, row in zip(scored, losses):
                 self._choose(traces[i], row)
@@ -317,8 +286,8 @@ class FastAgent:
             result = clock.run(
                 "switch",
                 live,
-                lambda: switch_pass(
-                    switch, prompts, sentence, force=forced, max_new_tokens=cfg.switch_max_new_tokens,
+                lambda: switch.decide_pass(
+                    prompts, sentence, force=forced, max_new_tokens=cfg.switch_max_new_tokens,
                     direct_rows=[k for k, i in enumerate(live) if requests[i].options is None],
                     options={k: requests[i].options for k, i in enumerate(live) if requests[i].options is not None and share_options},
                 ),
@@ -370,7 +339,7 @@ class FastAgent:
             losses = clock.run(
                 "switch_options",
                 unscored,
-                lambda: option_losses_batch(switch, prompts, [requests[i].options for i in unscored]),
+                lambda: switch.option_losses_batch(prompts, [requests[i].options for i in unscored]),
             )
             for i, row in zip(unscored, losses):
                 self._choose(traces[i], row)
@@ -396,8 +365,8 @@ class FastAgent:
         named = clock.run(
             "switch",
             unsure,
-            lambda: switch_pass(
-                switch, prompts, sentence, force=True, max_new_tokens=cfg.switch_max_new_tokens
+            lambda: switch.decide_pass(
+                prompts, sentence, force=True, max_new_tokens=cfg.switch_max_new_tokens
             ),
         )
         for k, i in enumerate(unsure):
@@ -498,10 +467,7 @@ class FastAgent:
         model.use(SEG)
         rows = list(dict.fromkeys(i for i, _, _ in jobs))
         index = {i: k for k, i in enumerate(rows)}
-        region_images = [
-            expand_to_square(requests[i].image).crop(padded_crop_bounds(*requests[i].image.size, regions[i]))
-            for i in rows
-        ]
+        region_images = [crop_padded(requests[i].image, regions[i]) for i in rows]
         results = clock.run(
             "seg",
             rows,

@@ -26,14 +26,14 @@ from transformers import (
     SamModel,
 )
 
-from fast.agent import FastAgent, Request, _Clock, padded_crop_bounds, paste_region_mask, region_pixel_box
+from fast.agent import FastAgent, Request, _Clock
 from fast.config import AgentConfig
 from fast.model import ROI, SEG, SWITCH, FastModel, TokenConflict, check_token_ids, unique_parameter_count
-from fast.switch_pass import option_losses_batch, switch_pass
 from fast.trace import Trace, mask_to_rle, rle_to_mask, tight_box
 from roillava.answer import build_prompt as build_llava_prompt
 from roillava.answer import generate as llava_generate
 from roillava.answer import load_for_inference
+from roillava.boxes import padded_crop_bounds, paste_region_mask, region_pixel_box
 from roillava.model import add_lora as roi_add_lora
 from roillava.roi import FULL_IMAGE_BOX, stage1_prompt
 from segllava.inference import teacher_forced_masks
@@ -44,6 +44,7 @@ from swillava.infer import SwitchAdapter
 from swillava.model import ObjectProjectorConfig, SwiConfig, build_switch, load_switch
 from swillava.model import add_lora as switch_add_lora
 from swillava.objects import MISSING_OBJECTS_PREFIX, patch_bounds
+from swillava.switch_pass import option_confidence, option_losses_batch, switch_pass
 
 TINY_PERCEIVER = ObjectProjectorConfig(depth=1, heads=2, dim_head=16, num_latents=8, ff_mult=2)
 
@@ -789,8 +790,6 @@ def test_confidence_is_the_answers_token_probability_and_routes_below_the_thresh
 
 
 def test_option_margin_routes_multiple_choice(fast_model, image):
-    from fast.switch_pass import option_confidence
-
     options = ["plain", "checkered", "vertical stripes"]
     for view in ("padded", "unpadded"):  # scored in the shared pass, or on their own view first
         plain = agent(fast_model, option_image_view=view).answer(image, QUESTION, options=options)

@@ -63,14 +63,16 @@ def test_dtype_auto_is_fp32_on_cpu_and_explicit_names_map():
         "swillava.infer",
         "fast.cli",
         "segllava.validate",
-        "chat",
+        "SegLLaVA/chat.py",
         "eval.run",
     ],
 )
 def test_every_inference_cli_offers_dtype_and_bits(module, capsys):
     import importlib
 
-    main = importlib.import_module(module).main
+    from project_scripts import load_script
+
+    main = (load_script(module) if module.endswith(".py") else importlib.import_module(module)).main
     argv = ["answer", "--help"] if module == "swillava.infer" else ["--help"]
     with pytest.raises(SystemExit):
         main(argv)
@@ -224,9 +226,9 @@ def full_logits_losses(
 def test_llava_option_scoring_equals_full_logits_and_projects_only_scored_rows(tiny_base, image):
     from transformers import LlavaForConditionalGeneration
 
-    from fast.likelihood import llava_option_losses_batch
     from roillava.answer import build_prompt
     from roillava.model import llava_processor
+    from swillava.likelihood import llava_option_losses_batch
 
     llava = LlavaForConditionalGeneration.from_pretrained(tiny_base).eval()
     processor = llava_processor(tiny_base, "pad")
@@ -249,8 +251,8 @@ def test_llava_option_scoring_equals_full_logits_and_projects_only_scored_rows(t
 
 
 def test_switch_scoring_projects_only_scored_rows(ckpts, image):
-    from fast.switch_pass import option_losses_batch
     from swillava.infer import SwitchAdapter
+    from swillava.switch_pass import option_losses_batch
 
     adapter = SwitchAdapter.from_pretrained(ckpts["switch"], max_new_tokens=3)
     options = ["cross", "a red star", "square", ""]

@@ -14,6 +14,7 @@ from swillava.infer import (
     REPLY_KINDS,
     SwitchAdapter,
     SwitchDecision,
+    answer_questions,
     parse_missing_objects,
     switch_reply_kind,
     toy_switch_metrics,
@@ -194,3 +195,30 @@ def test_toy_metrics_run_on_the_toy_val_set(adapter, toy_world, tmp_path):
 def test_switch_reply_kind(text, kind):
     assert switch_reply_kind(text) == kind
     assert kind in REPLY_KINDS
+
+
+def test_answer_runner_writes_decisions_resumes_and_records_image_errors(adapter, image, tmp_path):
+    """`swillava.infer answer` through the shared loop: one row per question with the decision, an error row
+    for a question without a readable image, and a rerun that answers nothing again."""
+    image.save(tmp_path / "a.png")
+    rows = [
+        {"question_id": "q1", "image": "a.png", "text": "What color is the square?"},
+        {"question_id": "q2", "image": "gone.png", "text": "What is it?"},
+        {"question_id": "q3", "text": "No image here?"},
+    ]
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    answers = tmp_path / "a.jsonl"
+    first = answer_questions(
+        adapter, str(questions), str(tmp_path), str(answers), batch_size=2, progress=False
+    )
+    got = {r["question_id"]: r for r in map(json.loads, answers.read_text().splitlines())}
+    assert first["answered_now"] == 3 and sorted(got) == ["q1", "q2", "q3"]
+    decision = adapter.decide(image, rows[0]["text"])
+    assert got["q1"]["text"] == decision.text and got["q1"]["needs_system2"] == decision.needs_system2
+    assert got["q1"]["metadata"] == {} and got["q1"]["model_id"] == "swillava"
+    assert got["q2"]["text"] == "" and got["q2"]["needs_system2"] is None
+    assert "image not found" in got["q2"]["metadata"]["error"]
+    assert got["q3"]["metadata"]["error"] == f"question has no 'image' ({questions}:3)"
+    again = answer_questions(adapter, str(questions), str(tmp_path), str(answers), progress=False)
+    assert again["answered_now"] == 0 and again["resumed"] == 3

@@ -3,9 +3,9 @@
 Prompt wording. Chain-of-Spot trains on "... , where is the region of interest in the image?" but
 its evaluation asks "... , what is the region of interest ...", a prompt the model was not trained
 on. We train with **"where"** by default (`--roi_wording what` selects the other) and record the
-wording in the run config saved next to every checkpoint (`roillava_train_config.json`,
-`data.roi_wording`); a checkpoint made elsewhere may record it as `"roi_wording"` in its
-`config.json`. At test time a model is asked with the wording it records (`resolve_roi_wording`), so
+wording with the adapter's prompt settings, saved next to every checkpoint (`roi_config.json`, this
+module's `RoiConfig`; older checkpoints: `roillava_train_config.json`, `data.roi_wording`); a checkpoint
+made elsewhere may record it as `"roi_wording"` in its `config.json`. At test time a model is asked with the wording it records (`resolve_roi_wording`), so
 our checkpoints are asked as trained; a checkpoint that records none (e.g. Chain-of-Spot's own) is
 asked with Chain-of-Spot's evaluation wording "what", which reproduces the Chain-of-Spot paper.
 `--roi-wording` overrides both.
@@ -34,7 +34,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .answer import Prompt, build_prompt, build_turns_prompt, generate, run_questions
+from eval.runner import run_questions
+
+from .answer import Prompt, build_prompt, build_turns_prompt, generate
 from .boxes import crop_padded
 from .conversation import IMAGE_PLACEHOLDER
 from .wording import (  # noqa: F401  (re-exported: the ROI protocol's names live here too)

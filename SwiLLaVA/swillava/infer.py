@@ -20,14 +20,15 @@ import argparse
 import json
 import re
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
-from tqdm import tqdm
+
+from eval.qa_files import fingerprints, read_questions
+from eval.runner import answer_row, batched, run_batches
 
 from .conversation import (
     IMAGE_PLACEHOLDER,
@@ -48,6 +49,7 @@ from .objects import (
     expand_objects,
     feature_layout,
 )
+from .switch_pass import PassResult, option_losses_batch, switch_pass
 
 Evidence = Sequence[tuple[str, Sequence[float]]]  # (name, [x, y, w, h] in original-image pixels)
 
@@ -214,8 +216,8 @@ class SwitchAdapter:
             crops = proc(crops, return_tensors="pt")["pixel_values"]
         return Prompt(ids, pixels, image_long, crops, object_long)
 
-    def _batch(self, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
-        """Left-padded ids and fixed object slots (as many as the largest request has)."""
+    def collate(self, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
+        """Left-padded ids and fixed object slots (as many as the largest request has), on the device."""
         n, length = len(prompts), max(len(p.input_ids) for p in prompts)
         slots = max(len(p.object_long) for p in prompts)
         size = prompts[0].pixel_values.shape
@@ -241,7 +243,8 @@ class SwitchAdapter:
             k: v.to(self.device, dtype=dtype if v.is_floating_point() else None) for k, v in batch.items()
         }
 
-    def _embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The input embeddings of a `collate`d batch (image and object feature rows in place)."""
         return self.model.embed_multimodal(
             batch["input_ids"],
             batch["pixel_values"],
@@ -252,15 +255,19 @@ class SwitchAdapter:
             batch["object_long"],
         )
 
+    # Older names of `collate` / `embed`, which tests written against them still call.
+    _batch = collate
+    _embed = embed
+
     # --- generation ---------------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, prompts: list[Prompt], max_new_tokens: int | None = None) -> list[str]:
         """Greedy continuations, batched with left padding; stops at EOS."""
         if not prompts:
             return []
-        batch = self._batch(prompts)
+        batch = self.collate(prompts)
         out = self.model.llava.generate(
-            inputs_embeds=self._embed(batch),
+            inputs_embeds=self.embed(batch),
             attention_mask=batch["attention_mask"],
             max_new_tokens=max_new_tokens or self.max_new_tokens,
             do_sample=False,
@@ -286,6 +293,29 @@ class SwitchAdapter:
     def answer_with_evidence(self, image: Image.Image, question: str, objects: Evidence) -> str:
         """Answer with SEAL's evidence prompt: crops (1.2x context) and locations of `objects`."""
         return self.answer_with_evidence_batch([(image, question, objects)])[0]
+
+    # --- the stage the agent runs: one prefill per prompt serves decision, names, answer, options -------
+    def decide_pass(
+        self,
+        prompts: Sequence[Prompt],
+        sentence_ids: list[int],
+        *,
+        force: bool,
+        max_new_tokens: int,
+        direct_rows: Sequence[int] = (),
+        options: dict[int, list[str]] | None = None,
+    ) -> PassResult:
+        """Decide, name the missing objects, answer System-1 rows directly or by options (`switch_pass`)."""
+        return switch_pass(
+            self, prompts, sentence_ids, force=force, max_new_tokens=max_new_tokens,
+            direct_rows=direct_rows, options=options,
+        )  # fmt: skip
+
+    def option_losses_batch(
+        self, prompts: Sequence[Prompt], options: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        """`option_losses` for a batch of prompts (e.g. with evidence), one prefill for all."""
+        return option_losses_batch(self, prompts, options)
 
     # --- likelihood multiple choice -----------------------------------------------------------------
     def option_ids(self, options: Sequence[str]) -> list[list[int]]:
@@ -315,9 +345,9 @@ class SwitchAdapter:
         """
         if not options:
             raise ValueError("no options to score")
-        batch = self._batch([self.build_prompt(image, question, objects, pixel_values=pixel_values)])
+        batch = self.collate([self.build_prompt(image, question, objects, pixel_values=pixel_values)])
         prefix = self.model.llava(
-            inputs_embeds=self._embed(batch),
+            inputs_embeds=self.embed(batch),
             attention_mask=batch["attention_mask"],
             use_cache=True,
             logits_to_keep=1,
@@ -354,10 +384,6 @@ class SwitchAdapter:
 
 
 # --- runners ---------------------------------------------------------------------------------------------
-def _batched(items: list, n: int) -> list[list]:
-    return [items[i : i + n] for i in range(0, len(items), n)]
-
-
 def answer_questions(
     adapter: SwitchAdapter,
     question_file: str,
@@ -370,62 +396,48 @@ def answer_questions(
 ) -> dict:
     """Switch decisions for LLaVA question JSONL, written as LLaVA answer JSONL plus the decision.
 
-    Questions and answers go through `eval.qa_files` like every runner's: bad records fail naming
-    file:line, the answers file is locked, a rerun resumes and redoes questions that changed, and a
-    question whose image is missing or unreadable gets `metadata.error` instead of stopping the run.
+    Questions and answers go through `eval.qa_files` and the loop every runner shares (`eval.runner`):
+    bad records fail naming file:line, the answers file is locked, a rerun resumes and redoes questions
+    that changed, and a question whose image is missing or unreadable gets `metadata.error` instead of
+    stopping the run.
     """
-    from eval.qa_files import AnswersFile, fingerprints, read_questions
-
     questions = read_questions(question_file)
     settings = {
         "runner": "swillava.answer",
         "model": model_signature,
         "max_new_tokens": adapter.max_new_tokens,
     }
-    expected = fingerprints(questions, image_folder, settings)
-    start = time.perf_counter()
-    with AnswersFile(answers_file, expected, quiet=not progress) as answers:
-        todo = [q for q in questions if q["question_id"] not in answers.done]
-        bar = tqdm(total=len(todo), desc="switch", unit="q", disable=not progress)
-        for batch in _batched(todo, batch_size):
-            rows, items, errors = [], [], {}
-            for q in batch:
-                try:
-                    if not q.get("image"):
-                        raise FileNotFoundError(
-                            f"question has no 'image' ({questions.where[q['question_id']]})"
-                        )
-                    items.append((q, open_image(Path(image_folder) / q["image"])))
-                except OSError as e:
-                    errors[q["question_id"]] = str(e)
-            decisions = adapter.decide_batch([(im, q["text"]) for q, im in items]) if items else []
-            by_id = {q["question_id"]: d for (q, _), d in zip(items, decisions)}
-            for q in batch:
-                d = by_id.get(q["question_id"])
-                error = errors.get(q["question_id"])
-                rows.append(
-                    {
-                        "question_id": q["question_id"],
-                        "prompt": q["text"],
-                        "text": d.text if d else "",
-                        "needs_system2": d.needs_system2 if d else None,
-                        "missing_objects": d.missing_objects if d else None,
-                        "answer_id": uuid.uuid4().hex,
-                        "model_id": "swillava",
-                        "metadata": {"error": error} if error else {},
-                    }
+
+    def load(batch: list[dict]) -> list[tuple[dict, Image.Image | None, str | None]]:
+        loaded = []
+        for q in batch:
+            try:
+                if not q.get("image"):
+                    raise FileNotFoundError(f"question has no 'image' ({questions.where[q['question_id']]})")
+                loaded.append((q, open_image(Path(image_folder) / q["image"]), None))
+            except OSError as e:
+                loaded.append((q, None, str(e)))
+        return loaded
+
+    def answer_batch(batch: list[dict], loaded) -> list[dict]:
+        readable = [(q, image) for q, image, error in loaded if error is None]
+        decisions = iter(adapter.decide_batch([(im, q["text"]) for q, im in readable]) if readable else [])
+        rows = []
+        for q, _, error in loaded:
+            d = next(decisions) if error is None else None
+            rows.append(
+                answer_row(
+                    q, d.text if d else "", "swillava", {"error": error} if error else {},
+                    needs_system2=d.needs_system2 if d else None,
+                    missing_objects=d.missing_objects if d else None,
                 )
-            answers.append(rows)
-            bar.update(len(batch))
-        bar.close()
-    seconds = time.perf_counter() - start
-    return {
-        "questions": len(questions),
-        "answered_now": len(todo),
-        "resumed": len(questions) - len(todo),
-        "seconds": seconds,
-        "sec_per_question": seconds / max(1, len(todo)),
-    }
+            )  # fmt: skip
+        return rows
+
+    return run_batches(
+        questions, answers_file, fingerprints(questions, image_folder, settings), answer_batch,
+        batch_size=batch_size, load=load, desc="switch", progress=progress,
+    )  # fmt: skip
 
 
 def toy_switch_metrics(
@@ -447,7 +459,7 @@ def toy_switch_metrics(
     easy = {"n": 0, "ok": 0}
     hard = {"n": 0, "ok": 0}
     start = time.perf_counter()
-    for batch in _batched(questions, batch_size):
+    for batch in batched(questions, batch_size):
         images = [open_image(Path(image_folder) / q["image"]) for q in batch]
         anns = [annotations[q["question_id"]] for q in batch]
         decisions = adapter.decide_batch([(im, q["text"]) for im, q in zip(images, batch)])
@@ -530,7 +542,7 @@ def vstar_losses(
 def check_infer_args(args: argparse.Namespace) -> None:
     """Every input checked before the model loads; a bad one exits with one line naming it."""
     from eval.checks import InputError, check_checkpoint, check_dir, check_file, fail
-    from eval.qa_files import AnswersBusy, AnswersFile, QuestionFileError, read_questions
+    from eval.qa_files import AnswersBusy, AnswersFile, QuestionFileError
 
     try:
         if args.model_base:

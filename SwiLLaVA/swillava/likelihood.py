@@ -1,5 +1,8 @@
 """Multiple choice by likelihood on a KV cache, batched over questions (V*Bench's protocol).
 
+The switch pass (`switch_pass.py`) scores its System-1 rows' options with it, and
+`llava_option_losses_batch` does the same on a plain llava-hf model (the agent's "system1" baseline).
+
 SEAL's rule (and `SwitchAdapter.option_losses`'s): after the prompt, every option (its tokens, then EOS)
 scores the mean cross-entropy of its tokens, the first predicted from the prompt's last logits. Here the
 prompts of a batch are prefilled once (left padding; positions count real tokens only), and all options of
@@ -18,6 +21,8 @@ import copy
 from collections.abc import Sequence
 
 import torch
+
+from eval.llava_hf import left_pad
 
 IGNORE_INDEX = -100
 
@@ -116,12 +121,7 @@ def llava_option_losses_batch(
 ) -> list[list[float]]:
     """Option losses on a plain llava-hf model for prompts given as ids (with their image-token runs)."""
     device = next(model.parameters()).device
-    width = max(len(ids) for ids in input_ids)
-    ids = torch.full((len(input_ids), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
-    for row, seq in enumerate(input_ids):
-        ids[row, width - len(seq) :] = torch.tensor(seq)
-        mask[row, width - len(seq) :] = 1
+    ids, mask = left_pad(input_ids, tokenizer.pad_token_id)
     ids, mask = ids.to(device), mask.to(device)
     kwargs = {}
     if pixel_values is not None:

@@ -10,7 +10,9 @@ That one pass gives, from its KV cache:
 * multiple choice: every option (its tokens, then EOS) on the prompt's cache, mean cross-entropy each.
 
 All of it is batched over questions (left padding; positions count real tokens only), and each piece
-equals what `SwitchAdapter.generate` / `option_losses` compute for one question at a time.
+equals what `SwitchAdapter.generate` / `option_losses` compute for one question at a time. `switch` is a
+`SwitchAdapter`, standalone or attached to a shared model (the FaST agent's switch stage calls these
+through `SwitchAdapter.decide_pass` and `SwitchAdapter.option_losses_batch`).
 """
 
 from __future__ import annotations
@@ -164,10 +166,10 @@ def option_losses_batch(switch, prompts: Sequence, options: Sequence[Sequence[st
 
 def prefill(switch, prompts: list, logits_to_keep: int):
     """One left-padded forward over `prompts` with the KV cache kept; returns the output and the mask."""
-    batch = switch._batch(prompts)
+    batch = switch.collate(prompts)
     mask = batch["attention_mask"]
     out = switch.model.llava(
-        inputs_embeds=switch._embed(batch),
+        inputs_embeds=switch.embed(batch),
         attention_mask=mask,
         position_ids=positions_from_mask(mask),
         use_cache=True,
