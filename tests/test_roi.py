@@ -202,7 +202,7 @@ def test_random_model_falls_back_and_run_resumes(val, tiny_base, padded_processo
     lines = [json.loads(line) for line in answers.read_text().splitlines()]
     assert summary["answered_now"] == 4 and summary["fallbacks"] == 4 and summary["fallback_rate"] == 1.0
     for a in lines:
-        assert set(a["metadata"]) == {"roi_box", "roi_text", "fallback"}
+        assert set(a["metadata"]) == {"roi_box", "roi_text", "fallback", "constrained_box"}
         assert a["metadata"]["roi_box"] == [0.0, 0.0, 1.0, 1.0] and a["metadata"]["fallback"]
         assert a["metadata"]["fallback"] == parse_roi_box(a["metadata"]["roi_text"]).reason
     # Keep two answers and half a line, as a kill mid-write leaves it; the CLI answers the other two.
