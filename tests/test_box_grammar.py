@@ -21,7 +21,14 @@ from roillava.box_grammar import (
     grammar_tokens,
 )
 from roillava.data import open_image
-from roillava.roi import RoiConfig, answer_two_stage, parse_roi_box, roi_logits_processor, stage1_prompt
+from roillava.roi import (
+    RoiConfig,
+    answer_two_stage,
+    generate_roi_texts,
+    parse_roi_box,
+    roi_logits_processor,
+    stage1_prompt,
+)
 
 MIN_SIDE = RoiConfig().min_side
 
@@ -198,26 +205,44 @@ def perturbed(llava, seed: int):
     return model
 
 
-def test_two_stage_boxes_are_always_usable_on_a_random_llava(toy_world, padded_processor, llava):
-    """Stage 1 of the two-stage answerer on a random tiny LLaVA, several seeds, batched with left
-    padding: every constrained box parses, unconstrained decoding of the same models writes none."""
+def test_stage_one_boxes_are_always_usable_on_a_random_llava(toy_world, padded_processor, llava):
+    """Stage 1 on a random tiny LLaVA, several seeds, batched with left padding: every constrained
+    box is usable, and unconstrained decoding of the same models writes no usable box."""
     pg = toy_world["playground"]
-    rows = [json.loads(line) for line in (pg / "data/eval/toy/llava_toy_val.jsonl").read_text().splitlines()]
-    images = [[open_image(pg / "data/toy/images" / r["image"])] for r in rows]
-    questions = [r["text"] + " ok" * (i % 3) for i, r in enumerate(rows)]  # different lengths
+    lines = (pg / "data/eval/toy/llava_toy_val.jsonl").read_text().splitlines()[:8]
+    rows = [json.loads(line) for line in lines]
     boxes, free = [], []
     for seed in range(3):
         model = perturbed(llava, seed)
         for constrained in (True, False):
-            config = RoiConfig(
-                roi_max_new_tokens=MAX_BOX_CHARS + 1, max_new_tokens=2, constrained_box=constrained
+            config = RoiConfig(roi_max_new_tokens=MAX_BOX_CHARS + 1, constrained_box=constrained)
+            kw = {"processor": padded_processor, "model_config": model.config, "config": config}
+            prompts = [
+                stage1_prompt(
+                    r["text"] + " ok" * (i % 3), open_image(pg / "data/toy/images" / r["image"]), **kw
+                )
+                for i, r in enumerate(rows)
+            ]  # different lengths: real left padding
+            (boxes if constrained else free).extend(
+                generate_roi_texts(model, padded_processor, prompts, config)
             )
-            answers = answer_two_stage(model, padded_processor, questions, images, config)
-            assert all(a.metadata["constrained_box"] is constrained for a in answers)
-            (boxes if constrained else free).extend(a.roi_text for a in answers)
     assert len(boxes) == 3 * len(rows) and all(usable(t) for t in boxes), boxes
     assert len(set(boxes)) > 1  # the seeds and prompts give different boxes, not one memorised answer
     assert not any(usable(t) for t in free), free
+
+
+def test_two_stage_answers_record_the_constraint(toy_world, padded_processor, llava):
+    pg = toy_world["playground"]
+    row = json.loads((pg / "data/eval/toy/llava_toy_val.jsonl").read_text().splitlines()[0])
+    image = open_image(pg / "data/toy/images" / row["image"])
+    model = perturbed(llava, 0)
+    for constrained in (True, False):
+        config = RoiConfig(
+            roi_max_new_tokens=MAX_BOX_CHARS + 1, max_new_tokens=1, constrained_box=constrained
+        )
+        (answer,) = answer_two_stage(model, padded_processor, [row["text"]], [[image]], config)
+        assert answer.metadata["constrained_box"] is constrained
+        assert (answer.metadata["fallback"] is None) is constrained, answer.roi_text
 
 
 def test_one_processor_serves_successive_generations(toy_world, padded_processor, llava):

@@ -182,13 +182,26 @@ def grammar_tokens(tokenizer) -> dict[int, str]:
     return tokens
 
 
+# Allowed ids per grammar state, shared by every processor of one tokenizer and grammar (a run creates
+# one processor per batch); cleared when full, since a long run meets ever new boxes.
+MAX_CACHED_STATES = 100_000
+_ALLOWED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _allowed_cache(tokenizer, min_side: float, decimals: int) -> dict:
+    try:
+        return _ALLOWED.setdefault(tokenizer, {}).setdefault((min_side, decimals), {})
+    except TypeError:
+        return {}
+
+
 class BoxLogitsProcessor(LogitsProcessor):
     """Masks every token that would take a row out of the box grammar; EOS only after `]`.
 
     The row's text is the concatenation of its generated pieces (the decoded text up to leading
     spaces). Allowed ids are cached per grammar state, so a step costs one dictionary lookup per row
-    plus one masked fill. A generation starts at the first call after `reset()` (which `answer.generate`
-    calls); one processor serves one generation at a time.
+    and one write of the scores. A generation starts at the first call after `reset()` (which
+    `answer.generate` calls); one processor serves one generation at a time.
     """
 
     def __init__(self, tokenizer, min_side: float, decimals: int = MAX_DECIMALS):
@@ -197,7 +210,7 @@ class BoxLogitsProcessor(LogitsProcessor):
         self.grammar = BoxGrammar(min_side, decimals)
         self.tokens = grammar_tokens(tokenizer)
         self.eos_token_id = tokenizer.eos_token_id
-        self._allowed: dict[BoxState, torch.Tensor] = {}
+        self._allowed = _allowed_cache(tokenizer, min_side, decimals)
         self.reset()
 
     def reset(self) -> None:
@@ -208,6 +221,8 @@ class BoxLogitsProcessor(LogitsProcessor):
         """The ids that keep `state` inside the grammar (EOS alone once the box is closed)."""
         ids = self._allowed.get(state)
         if ids is None:
+            if len(self._allowed) >= MAX_CACHED_STATES:
+                self._allowed.clear()
             keep = [i for i, t in self.tokens.items() if self.grammar.advance(state, t) is not None]
             if state.closed:
                 keep = [self.eos_token_id]
@@ -227,10 +242,17 @@ class BoxLogitsProcessor(LogitsProcessor):
                     None if state is None or text is None else self.grammar.advance(state, text)
                 )
         self._length = input_ids.shape[1]
-        blocked = torch.ones_like(scores, dtype=torch.bool)
+        # Start from -inf and copy back the allowed scores: one full-size write per step.
+        masked = torch.full_like(scores, float("-inf"))
+        rows, ids = [], []
         for row, state in enumerate(self._states):
-            if state is None:
-                blocked[row] = False  # a finished row: generate pads it whatever it scores
+            if state is None:  # a finished row: generate pads it whatever it scores
+                masked[row] = scores[row]
             else:
-                blocked[row, self.allowed_ids(state).to(scores.device)] = False
-        return scores.masked_fill(blocked, float("-inf"))
+                allowed = self.allowed_ids(state)
+                rows.append(torch.full_like(allowed, row))
+                ids.append(allowed)
+        if ids:
+            rows_t, ids_t = torch.cat(rows).to(scores.device), torch.cat(ids).to(scores.device)
+            masked[rows_t, ids_t] = scores[rows_t, ids_t]
+        return masked
