@@ -64,6 +64,7 @@ class RunConfig:
     dtype: str = "auto"  # auto: bf16 on a GPU that has it, fp16 on older CUDA, fp32 on CPU
     bits: int = 16  # 4 / 8: the language model quantised with bitsandbytes
     roi_max_new_tokens: int = 128
+    roi_constrained_box: bool = True  # cos: the stage-1 box decoded under the box grammar
     vstar_image_view: str = VSTAR_DEFAULT_IMAGE_VIEW
     max_answer_words: int | None = None  # None: the benchmark's default
     score_only: bool = False
@@ -166,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--roi-max-new-tokens", type=int, default=128)
     p.add_argument(
+        "--no-constrained-box",
+        dest="roi_constrained_box",
+        action="store_false",
+        help="cos: decode the stage-1 box freely, as Chain-of-Spot does (default: under the box grammar)",
+    )
+    p.add_argument(
         "--max-answer-words", type=int, default=None, help="longer predictions are counted as too long"
     )
     p.add_argument("--score-only", action="store_true", help="merge the chunk files there are and score")
@@ -215,6 +222,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         dtype=args.dtype,
         bits=args.bits,
         roi_max_new_tokens=args.roi_max_new_tokens,
+        roi_constrained_box=args.roi_constrained_box,
         vstar_image_view=args.vstar_image_view,
         max_answer_words=args.max_answer_words,
         score_only=args.score_only or args.answers_file is not None,
@@ -329,6 +337,7 @@ def answer_chunk(cfg: RunConfig, bench: Benchmark, paths: BenchPaths) -> dict:
         template=cfg.conv_mode,
         roi_max_new_tokens=cfg.roi_max_new_tokens,
         max_new_tokens=max_new,
+        constrained_box=cfg.roi_constrained_box,
     )
     common = {
         "model_signature": model_signature(

@@ -12,6 +12,10 @@ tokens with any vocabulary (LLaMA writes every digit as its own token), plus one
 The grammar is the training answers' format (`str(box)` of a list rounded to 3 decimals, see
 `boxes.cos_box_from_params`): `[0.123, 0.5, 1.0, 0.98]`. Numbers are `0.` and 1 to `decimals` digits,
 or `1.0`; the separator is a comma and at most one space; at most one space before `[`.
+
+Cost (measured on the toy model, CPU, one thread, batch 16): 0.2-0.45 ms per generation step for
+the processor against about 29 ms for the step itself, i.e. about 1 %; with the 32000-id LLaMA
+vocabulary and random scores (every state new, the worst case for the cache) 2.6 ms per step.
 """
 
 from __future__ import annotations
