@@ -64,7 +64,7 @@ def vstar_answer_file(
     def solve_cos(rows: list[dict], images: list[list]) -> list[tuple[str, dict]]:
         kw = {"processor": processor, "model_config": model.config, "config": roi_config}
         stage1 = [stage1_prompt(q["text"], ims[0], **kw) for q, ims in zip(rows, images)]
-        roi_texts = generate_roi_texts(model, processor, stage1, roi_config)
+        roi_texts, constrained = generate_roi_texts(model, processor, stage1, roi_config)
         out = []
         for q, ims, roi_text in zip(rows, images, roi_texts):
             roi = parse_roi_box(roi_text, roi_config.min_side)
@@ -78,7 +78,7 @@ def vstar_answer_file(
                         "roi_box": list(roi.box),
                         "roi_text": roi_text,
                         "fallback": roi.reason,
-                        "constrained_box": roi_config.constrained_box,
+                        "constrained_box": constrained,
                         "image_view": "padded",
                     },
                 )

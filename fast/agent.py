@@ -374,7 +374,7 @@ class FastAgent:
                 "ok": parsed.ok,
                 "reason": parsed.reason,
                 "clamped": parsed.clamped,
-                "constrained": model.roi_config.constrained_box,
+                "constrained": box_grammar is not None,
             }
             if not parsed.ok:
                 traces[i].fallback("roi", f"unusable ROI box: {parsed.reason}", "whole image as the region")

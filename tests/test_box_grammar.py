@@ -18,6 +18,7 @@ from roillava.box_grammar import (
     BoxGrammar,
     BoxLogitsProcessor,
     BoxState,
+    can_write_boxes,
     grammar_tokens,
 )
 from roillava.data import open_image
@@ -29,6 +30,7 @@ from roillava.roi import (
     roi_logits_processor,
     stage1_prompt,
 )
+from roillava.roi_answer import main as roi_answer_main
 
 MIN_SIDE = RoiConfig().min_side
 
@@ -223,9 +225,9 @@ def test_stage_one_boxes_are_always_usable_on_a_random_llava(toy_world, padded_p
                 )
                 for i, r in enumerate(rows)
             ]  # different lengths: real left padding
-            (boxes if constrained else free).extend(
-                generate_roi_texts(model, padded_processor, prompts, config)
-            )
+            texts, used = generate_roi_texts(model, padded_processor, prompts, config)
+            assert used is constrained
+            (boxes if constrained else free).extend(texts)
     assert len(boxes) == 3 * len(rows) and all(usable(t) for t in boxes), boxes
     assert len(set(boxes)) > 1  # the seeds and prompts give different boxes, not one memorised answer
     assert not any(usable(t) for t in free), free
@@ -264,3 +266,35 @@ def test_one_processor_serves_successive_generations(toy_world, padded_processor
     )
     assert all(usable(t) for t in first + second), first + second
     assert roi_logits_processor(padded_processor.tokenizer, RoiConfig(constrained_box=False)) is None
+
+
+def test_cli_decodes_under_the_grammar_unless_told_not_to(toy_world, tiny_base, tmp_path):
+    """`roillava.roi_answer` on the random tiny base: a usable box by default, free text with the flag."""
+    pg = toy_world["playground"]
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text((pg / "data/eval/toy/llava_toy_val.jsonl").read_text().splitlines()[0] + "\n")
+    metadata = {}
+    for flags in ([], ["--no-constrained-box"]):
+        answers = tmp_path / f"a{len(flags)}.jsonl"
+        roi_answer_main([
+            "--model-path", str(tiny_base), "--question-file", str(qfile), "--image-folder",
+            str(pg / "data/toy/images"), "--answers-file", str(answers), "--max-new-tokens", "1",
+            "--roi-max-new-tokens", str(MAX_BOX_CHARS + 1), "--device", "cpu", *flags,
+        ])  # fmt: skip
+        metadata[bool(flags)] = json.loads(answers.read_text())["metadata"]
+    assert metadata[False]["constrained_box"] is True and metadata[False]["fallback"] is None
+    assert usable(metadata[False]["roi_text"])
+    assert metadata[True]["constrained_box"] is False and metadata[True]["fallback"]
+
+
+def test_a_vocabulary_that_cannot_write_a_box_is_refused_by_name():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1, "[": 2, "]": 3, "a": 4}, unk_token="<unk>"))
+    tok = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="</s>")
+    with pytest.raises(ValueError, match=r"no single token for ',.0123456789'.*--no-constrained-box"):
+        BoxLogitsProcessor(tok, MIN_SIDE)
+    assert not can_write_boxes(tok) and can_write_boxes(real_tokenizer())
+    # The answerers then decode freely (with a warning) and record it.
+    assert roi_logits_processor(tok, RoiConfig()) is None

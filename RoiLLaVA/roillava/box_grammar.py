@@ -179,11 +179,21 @@ def grammar_tokens(tokenizer) -> dict[int, str]:
     missing = set(REQUIRED_CHARS) - set(tokens.values())
     if missing:
         raise ValueError(
-            f"the tokenizer has no single token for {''.join(sorted(missing))!r}: cannot constrain boxes"
+            f"the tokenizer has no single token for {''.join(sorted(missing))!r}, so boxes cannot be "
+            "constrained: decode them freely (RoiConfig(constrained_box=False), --no-constrained-box)"
         )
     with contextlib.suppress(TypeError):  # a tokenizer that takes no weak reference is not cached
         _VOCABULARIES[tokenizer] = tokens
     return tokens
+
+
+def can_write_boxes(tokenizer) -> bool:
+    """Whether the vocabulary has a single token for every character a box needs (LLaMA's has)."""
+    try:
+        grammar_tokens(tokenizer)
+    except ValueError:
+        return False
+    return True
 
 
 # Allowed ids per grammar state, shared by every processor of one tokenizer and grammar (a run creates

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .answer import Prompt, build_prompt, build_turns_prompt, generate, run_questions
-from .box_grammar import BoxLogitsProcessor
+from .box_grammar import BoxLogitsProcessor, can_write_boxes
 from .boxes import crop_padded
 from .conversation import IMAGE_PLACEHOLDER
 from .wording import (  # noqa: F401  (re-exported: the ROI protocol's names live here too)
@@ -48,6 +49,8 @@ from .wording import (  # noqa: F401  (re-exported: the ROI protocol's names liv
     recorded_roi_wording,
     resolve_roi_wording,
 )
+
+logger = logging.getLogger(__name__)
 
 RAW_IMAGE_PREFIX = "Now answer the following questions based on the raw image: "
 FULL_IMAGE_BOX = (0.0, 0.0, 1.0, 1.0)
@@ -173,23 +176,29 @@ class RoiConfig:
 
 
 def roi_logits_processor(tokenizer, config: RoiConfig) -> BoxLogitsProcessor | None:
-    """The stage-1 decoding constraint of `config` (None when `constrained_box` is off)."""
-    return BoxLogitsProcessor(tokenizer, config.min_side) if config.constrained_box else None
+    """The stage-1 decoding constraint of `config`; None (free decoding) when `constrained_box` is off,
+    or, with a warning, when the vocabulary has no single token for some character of a box."""
+    if not config.constrained_box:
+        return None
+    if not can_write_boxes(tokenizer):
+        logger.warning(
+            "the ROI model's vocabulary cannot write a box token by token: its box is decoded freely"
+        )
+        return None
+    return BoxLogitsProcessor(tokenizer, config.min_side)
 
 
-def generate_roi_texts(model, processor, prompts: list[Prompt], config: RoiConfig) -> list[str]:
-    """Stage 1: the boxes' texts, greedy, under the box grammar unless `config` turns it off.
+def generate_roi_texts(model, processor, prompts: list[Prompt], config: RoiConfig) -> tuple[list[str], bool]:
+    """Stage 1: the boxes' texts (greedy) and whether they were decoded under the box grammar.
 
     Under the grammar a row can only fail by running out of `roi_max_new_tokens` before its `]`,
     which cannot happen from `box_grammar.MAX_BOX_CHARS` + 1 (for EOS) tokens up.
     """
-    return generate(
-        model,
-        processor,
-        prompts,
-        max_new_tokens=config.roi_max_new_tokens,
-        logits_processor=roi_logits_processor(processor.tokenizer, config),
+    box_grammar = roi_logits_processor(processor.tokenizer, config)
+    texts = generate(
+        model, processor, prompts, max_new_tokens=config.roi_max_new_tokens, logits_processor=box_grammar
     )
+    return texts, box_grammar is not None
 
 
 @dataclass(frozen=True)
@@ -286,7 +295,7 @@ def answer_two_stage(
     if visual:
         kw = {"processor": processor, "model_config": model.config, "config": config}
         stage1 = [stage1_prompt(questions[i], images[i][0], **kw) for i in visual]
-        roi_texts = generate_roi_texts(model, processor, stage1, config)
+        roi_texts, constrained = generate_roi_texts(model, processor, stage1, config)
         rois = [parse_roi_box(t, config.min_side) for t in roi_texts]
         stage2 = [
             stage2_prompt(questions[i], images[i][0], t, roi, instruction=instructions[i], **kw)
@@ -294,7 +303,7 @@ def answer_two_stage(
         ]
         answers = generate(model, processor, stage2, max_new_tokens=config.max_new_tokens)
         for i, text, roi_text, roi in zip(visual, answers, roi_texts, rois):
-            results[i] = TwoStageAnswer(text, roi_text, roi, config.constrained_box)
+            results[i] = TwoStageAnswer(text, roi_text, roi, constrained)
     return results
 
 
