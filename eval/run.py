@@ -111,6 +111,10 @@ class RunConfig:
         },
     )
     roi_max_new_tokens: int = 128
+    constrained_box: bool = field(
+        default=True,
+        metadata={"help": "cos: the stage-1 box decoded under the box grammar (--no-constrained-box: freely)"},
+    )
     max_answer_words: int | None = field(
         default=None,
         metadata={"help": "longer predictions are counted as too long (default: the benchmark's)"},
@@ -305,6 +309,7 @@ def answer_chunk(cfg: RunConfig, bench: Benchmark, paths: BenchPaths) -> dict:
         template=cfg.conv_mode,
         roi_max_new_tokens=cfg.roi_max_new_tokens,
         max_new_tokens=max_new,
+        constrained_box=cfg.constrained_box,
     )
     common = {
         "model_signature": model_signature(

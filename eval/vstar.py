@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from roillava.answer import build_prompt, generate, option_losses
-from roillava.roi import RoiConfig, parse_roi_box, stage1_prompt, stage2_prompt
+from roillava.answer import build_prompt, option_losses
+from roillava.roi import RoiConfig, generate_roi_texts, parse_roi_box, stage1_prompt, stage2_prompt
 
 from .runner import run_questions
 from .vstar_bench import VSTAR_DEFAULT_IMAGE_VIEW, check_image_view, vstar_pixel_values
@@ -65,7 +65,7 @@ def vstar_answer_file(
     def solve_cos(rows: list[dict], images: list[list]) -> list[tuple[str, dict]]:
         kw = {"processor": processor, "model_config": model.config, "config": roi_config}
         stage1 = [stage1_prompt(q["text"], ims[0], **kw) for q, ims in zip(rows, images)]
-        roi_texts = generate(model, processor, stage1, max_new_tokens=roi_config.roi_max_new_tokens)
+        roi_texts, constrained = generate_roi_texts(model, processor, stage1, roi_config)
         out = []
         for q, ims, roi_text in zip(rows, images, roi_texts):
             roi = parse_roi_box(roi_text, roi_config.min_side)
@@ -79,6 +79,7 @@ def vstar_answer_file(
                         "roi_box": list(roi.box),
                         "roi_text": roi_text,
                         "fallback": roi.reason,
+                        "constrained_box": constrained,
                         "image_view": "padded",
                     },
                 )

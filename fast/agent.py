@@ -381,6 +381,9 @@ class FastAgent:
         trace.answer = trace.options[min(range(len(losses)), key=losses.__getitem__)]
 
     def _roi(self, requests, traces, rows, regions, clock) -> None:
+        # The box grammar (every box the adapter finishes is usable) unless roi_config turns it off.
+        from roillava.roi import roi_logits_processor
+
         model = self.model
         model.use(ROI)
         kw = {
@@ -389,9 +392,10 @@ class FastAgent:
             "config": model.roi_config,
         }
         prompts = [stage1_prompt(self._roi_question(requests[i]), requests[i].image, **kw) for i in rows]
+        box_grammar = roi_logits_processor(model.roi_processor.tokenizer, model.roi_config)
         texts = clock.run(
             "roi", rows,
-            lambda: llava_generate(model.roi_model, model.roi_processor, prompts, max_new_tokens=model.roi_config.roi_max_new_tokens),
+            lambda: llava_generate(model.roi_model, model.roi_processor, prompts, max_new_tokens=model.roi_config.roi_max_new_tokens, logits_processor=box_grammar),
         )  # fmt: skip
         for i, text in zip(rows, texts):
             parsed = parse_roi_box(text, model.roi_config.min_side)
@@ -404,6 +408,7 @@ class FastAgent:
                 "ok": parsed.ok,
                 "reason": parsed.reason,
                 "clamped": parsed.clamped,
+                "constrained": box_grammar is not None,
             }
             if not parsed.ok:
                 traces[i].fallback("roi", f"unusable ROI box: {parsed.reason}", "whole image as the region")

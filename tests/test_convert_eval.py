@@ -72,11 +72,12 @@ def test_cos_through_the_eval_runner(converted, eval_root):  # noqa: F811
     roi = json.loads((cos / "roi_config.json").read_text())
     summary = run(
         "textvqa", cos, eval_root, "--mode", "cos", "--roi-path", str(cos), "--roi-wording", roi["wording"],
-        "--roi-max-new-tokens", "4",
+        "--roi-max-new-tokens", "4", "--no-constrained-box",  # Chain-of-Spot's own decoding
     )  # fmt: skip
     assert summary["answer_check"]["answered"] == 3
     rows = [json.loads(line) for line in Path(summary["answers_file"]).read_text().splitlines()]
     assert all({"roi_box", "roi_text", "fallback"} <= set(r["metadata"]) for r in rows)
+    assert all(r["metadata"]["constrained_box"] is False for r in rows)
 
 
 def test_seal_through_the_eval_runner_and_its_vstar_protocol(converted, eval_root, toy_world):  # noqa: F811

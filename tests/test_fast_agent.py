@@ -376,7 +376,8 @@ def test_system2_trace_has_every_field(fast_model, image):
     assert d["switch_text"].startswith(MISSING_OBJECTS_PREFIX)
     assert isinstance(d["missing_objects"], list)
     roi = d["roi"]
-    assert set(roi) == {"text", "box", "box_pixels", "ok", "reason", "clamped"}
+    assert set(roi) == {"text", "box", "box_pixels", "ok", "reason", "clamped", "constrained"}
+    assert roi["constrained"] is True  # the box grammar is on unless the ROI config turns it off
     assert roi["box_pixels"] == list(region_pixel_box(448, 336, roi["box"]))
     if not roi["ok"]:  # the random ROI adapter rarely writes a box: the fallback is recorded
         assert roi["box"] == [0.0, 0.0, 1.0, 1.0]

@@ -126,14 +126,15 @@ def val(toy_world):
 def test_stage_two_replays_stage_one_exactly(val, padded_processor, llava, monkeypatch):
     """Stage-1 text verbatim as the assistant turn, then the question about the crop."""
     rows, _, images_dir = val
-    calls = []
+    calls, processors = [], []
     replies = [
         ["The region is [0.25, 0.25, 0.75, 0.75].", "nonsense"],  # stage 1, two image questions
         ["star", "red"],  # stage 2
     ]
 
-    def fake_generate(model, processor, prompts, *, max_new_tokens):
+    def fake_generate(model, processor, prompts, *, max_new_tokens, logits_processor=None):
         calls.append(prompts)
+        processors.append(logits_processor)
         if not prompts[0].images:
             return ["text answer"] * len(prompts)
         return replies[sum(bool(c[0].images) for c in calls) - 1]
@@ -145,10 +146,22 @@ def test_stage_two_replays_stage_one_exactly(val, padded_processor, llava, monke
     text_only, stage1, stage2 = calls
     assert [a.text for a in out] == ["star", "red", "text answer"]
     assert [a.metadata for a in out] == [
-        {"roi_box": [0.25, 0.25, 0.75, 0.75], "roi_text": replies[0][0], "fallback": None},
-        {"roi_box": [0.0, 0.0, 1.0, 1.0], "roi_text": "nonsense", "fallback": "no [x1, y1, x2, y2] list"},
-        {"roi_box": None, "roi_text": None, "fallback": "no image"},
+        {
+            "roi_box": [0.25, 0.25, 0.75, 0.75],
+            "roi_text": replies[0][0],
+            "fallback": None,
+            "constrained_box": True,
+        },
+        {
+            "roi_box": [0.0, 0.0, 1.0, 1.0],
+            "roi_text": "nonsense",
+            "fallback": "no [x1, y1, x2, y2] list",
+            "constrained_box": True,
+        },
+        {"roi_box": None, "roi_text": None, "fallback": "no image", "constrained_box": None},
     ]
+    # Only stage 1 (the box) decodes under the box grammar.
+    assert [type(p).__name__ for p in processors] == ["NoneType", "BoxLogitsProcessor", "NoneType"]
 
     def expected(turns):
         kw = {"tokenizer": padded_processor.tokenizer, "model_config": llava.config, "template": "vicuna_v1"}
@@ -202,7 +215,7 @@ def test_random_model_falls_back_and_run_resumes(val, tiny_base, padded_processo
     lines = [json.loads(line) for line in answers.read_text().splitlines()]
     assert summary["answered_now"] == 4 and summary["fallbacks"] == 4 and summary["fallback_rate"] == 1.0
     for a in lines:
-        assert set(a["metadata"]) == {"roi_box", "roi_text", "fallback"}
+        assert set(a["metadata"]) == {"roi_box", "roi_text", "fallback", "constrained_box"}
         assert a["metadata"]["roi_box"] == [0.0, 0.0, 1.0, 1.0] and a["metadata"]["fallback"]
         assert a["metadata"]["fallback"] == parse_roi_box(a["metadata"]["roi_text"]).reason
     # Keep two answers and half a line, as a kill mid-write leaves it; the CLI answers the other two.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from torch.nn import functional as F
-from transformers import StaticCache
+from transformers import LogitsProcessor, LogitsProcessorList, StaticCache
 
 from eval.llava_hf import left_pad as left_pad_ids
 from eval.runner import run_questions
@@ -114,8 +114,12 @@ def generate(
     max_new_tokens: int,
     pixels: torch.Tensor | None = None,
     prefix_cache: PrefixCache | None = None,
+    logits_processor: LogitsProcessor | None = None,
 ) -> list[str]:
     """Greedy continuations of `prompts`, decoded without special tokens and stripped.
+
+    `logits_processor` (e.g. `box_grammar.BoxLogitsProcessor`) masks each step's scores; one with a
+    `reset()` is reset first, since it keeps the state of one generation.
 
     Two things keep batches cheap. The prefix all prompts share (the system prompt, up to the first
     image) runs once, not once per row: per batch, or once per run with a `prefix_cache`. And the
@@ -142,6 +146,10 @@ def generate(
             cache.update(
                 keys.expand(len(prompts), -1, -1, -1), values.expand(len(prompts), -1, -1, -1), layer
             )
+    if logits_processor is not None:
+        if hasattr(logits_processor, "reset"):
+            logits_processor.reset()
+        kwargs["logits_processor"] = LogitsProcessorList([logits_processor])
     out = model.generate(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),

@@ -59,10 +59,13 @@ PROCESSOR_FILES = (
 
 
 def write_roi_config(out: str | Path) -> None:
-    """Chain-of-Spot's evaluation settings for the converted model (its stage-1 question says "what"): in
-    `roi_config.json`, and as `roi_wording` in `config.json` where the answerers look for a recorded wording."""
+    """Chain-of-Spot's evaluation settings for the converted model (its stage-1 question says "what", its box is
+    decoded freely): in `roi_config.json`, and as `roi_wording` in `config.json` where the answerers look for a
+    recorded wording."""
     out = Path(out)
-    (out / ROI_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(RoiConfig(wording="what")), indent=1))
+    (out / ROI_CONFIG_FILE).write_text(
+        json.dumps(dataclasses.asdict(RoiConfig(wording="what", constrained_box=False)), indent=1)
+    )
     config_file = out / "config.json"
     if config_file.is_file():
         config = json.loads(config_file.read_text())

@@ -18,7 +18,8 @@ row that carries such an `instruction` (see `split_instruction`) is asked that w
 All prompts are built here and only here, so training data (`cos_data.py`) and inference can
 never drift apart.
 
-Two-stage inference (`answer_two_stage`): stage 1 asks for the region of interest (greedy) →
+Two-stage inference (`answer_two_stage`): stage 1 asks for the region of interest (greedy, under
+the box grammar of `box_grammar` unless `RoiConfig.constrained_box` is off) →
 `parse_roi_box` → crop of the padded frame → stage 2 replays stage 1 (its answer verbatim as the
 assistant turn) and asks the question with the crop as the second `<image>`. Both stages are
 batched. A box that cannot be used falls back to the full image and the reason is recorded in the
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from pathlib import Path
 from eval.runner import run_questions
 
 from .answer import Prompt, build_prompt, build_turns_prompt, generate
+from .box_grammar import BoxLogitsProcessor, can_write_boxes
 from .boxes import crop_padded
 from .conversation import IMAGE_PLACEHOLDER
 from .wording import (  # noqa: F401  (re-exported: the ROI protocol's names live here too)
@@ -48,6 +51,8 @@ from .wording import (  # noqa: F401  (re-exported: the ROI protocol's names liv
     recorded_roi_wording,
     resolve_roi_wording,
 )
+
+logger = logging.getLogger(__name__)
 
 RAW_IMAGE_PREFIX = "Now answer the following questions based on the raw image: "
 FULL_IMAGE_BOX = (0.0, 0.0, 1.0, 1.0)
@@ -164,9 +169,38 @@ class RoiConfig:
     template: str = "vicuna_v1"
     roi_max_new_tokens: int = 128
     max_new_tokens: int = 128
+    # Stage 1 decodes under the box grammar (`box_grammar`): every box it finishes is usable.
+    # False decodes freely, as Chain-of-Spot does.
+    constrained_box: bool = True
 
     def __post_init__(self):
         check_wording(self.wording)
+
+
+def roi_logits_processor(tokenizer, config: RoiConfig) -> BoxLogitsProcessor | None:
+    """The stage-1 decoding constraint of `config`; None (free decoding) when `constrained_box` is off,
+    or, with a warning, when the vocabulary has no single token for some character of a box."""
+    if not config.constrained_box:
+        return None
+    if not can_write_boxes(tokenizer):
+        logger.warning(
+            "the ROI model's vocabulary cannot write a box token by token: its box is decoded freely"
+        )
+        return None
+    return BoxLogitsProcessor(tokenizer, config.min_side)
+
+
+def generate_roi_texts(model, processor, prompts: list[Prompt], config: RoiConfig) -> tuple[list[str], bool]:
+    """Stage 1: the boxes' texts (greedy) and whether they were decoded under the box grammar.
+
+    Under the grammar a row can only fail by running out of `roi_max_new_tokens` before its `]`,
+    which cannot happen from `box_grammar.MAX_BOX_CHARS` + 1 (for EOS) tokens up.
+    """
+    box_grammar = roi_logits_processor(processor.tokenizer, config)
+    texts = generate(
+        model, processor, prompts, max_new_tokens=config.roi_max_new_tokens, logits_processor=box_grammar
+    )
+    return texts, box_grammar is not None
 
 
 @dataclass(frozen=True)
@@ -174,12 +208,18 @@ class TwoStageAnswer:
     text: str
     roi_text: str | None
     roi: RoiParse | None  # None for a question without an image (answered in one stage)
+    constrained_box: bool | None = None  # whether stage 1 decoded under the box grammar
 
     @property
     def metadata(self) -> dict:
         if self.roi is None:
-            return {"roi_box": None, "roi_text": None, "fallback": "no image"}
-        return {"roi_box": list(self.roi.box), "roi_text": self.roi_text, "fallback": self.roi.reason}
+            return {"roi_box": None, "roi_text": None, "fallback": "no image", "constrained_box": None}
+        return {
+            "roi_box": list(self.roi.box),
+            "roi_text": self.roi_text,
+            "fallback": self.roi.reason,
+            "constrained_box": self.constrained_box,
+        }
 
 
 def stage1_prompt(question: str, image, *, processor, model_config, config: RoiConfig) -> Prompt:
@@ -257,7 +297,7 @@ def answer_two_stage(
     if visual:
         kw = {"processor": processor, "model_config": model.config, "config": config}
         stage1 = [stage1_prompt(questions[i], images[i][0], **kw) for i in visual]
-        roi_texts = generate(model, processor, stage1, max_new_tokens=config.roi_max_new_tokens)
+        roi_texts, constrained = generate_roi_texts(model, processor, stage1, config)
         rois = [parse_roi_box(t, config.min_side) for t in roi_texts]
         stage2 = [
             stage2_prompt(questions[i], images[i][0], t, roi, instruction=instructions[i], **kw)
@@ -265,7 +305,7 @@ def answer_two_stage(
         ]
         answers = generate(model, processor, stage2, max_new_tokens=config.max_new_tokens)
         for i, text, roi_text, roi in zip(visual, answers, roi_texts, rois):
-            results[i] = TwoStageAnswer(text, roi_text, roi)
+            results[i] = TwoStageAnswer(text, roi_text, roi, constrained)
     return results
 
 
@@ -303,7 +343,12 @@ def roi_answer_file(
         num_chunks=num_chunks,
         chunk_idx=chunk_idx,
         progress=progress,
-        error_metadata={"roi_box": None, "roi_text": None, "fallback": "image error"},
+        error_metadata={
+            "roi_box": None,
+            "roi_text": None,
+            "fallback": "image error",
+            "constrained_box": None,
+        },
         settings={"runner": "roi_answer", "model": model_signature, "config": dataclasses.asdict(config)},
         needs_image=True,
     )

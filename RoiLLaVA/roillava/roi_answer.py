@@ -1,12 +1,15 @@
 """Two-stage Chain-of-Spot answerer: region of interest first, then the answer from both views.
 
 Batched (both stages), left-padded, greedy and resumable exactly like `roillava.answer`; writes
-LLaVA answer JSONL whose `metadata` is `{"roi_box", "roi_text", "fallback"}` (`fallback`: why the
-full image was used instead of the proposed box, or null). The stage-1 wording is the one the
-checkpoint records (`roi.resolve_roi_wording`) unless `--roi-wording` says otherwise.
+LLaVA answer JSONL whose `metadata` is `{"roi_box", "roi_text", "fallback", "constrained_box"}`
+(`fallback`: why the full image was used instead of the proposed box, or null; `constrained_box`:
+whether stage 1 decoded under the box grammar, which `--no-constrained-box` turns off). The stage-1
+wording is the one the checkpoint records (`roi.resolve_roi_wording`) unless `--roi-wording` says
+otherwise.
 
     python -m roillava.roi_answer --model-path CKPT --question-file Q.jsonl --image-folder DIR \\
-        --answers-file A.jsonl [--batch-size 8] [--roi-wording where|what] [--roi-min-side 0.02]
+        --answers-file A.jsonl [--batch-size 8] [--roi-wording where|what] [--roi-min-side 0.02] \\
+        [--no-constrained-box]
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--roi-min-side", type=float, default=DEFAULT_MIN_SIDE)
     p.add_argument("--roi-max-new-tokens", type=int, default=128)
+    p.add_argument(
+        "--no-constrained-box",
+        dest="constrained_box",
+        action="store_false",
+        help="decode the stage-1 box freely, as Chain-of-Spot does (default: under the box grammar)",
+    )
     args = p.parse_args(argv)
     wording, why = resolve_roi_wording(args.model_path, args.roi_wording)
     print(f"ROI wording: {wording!r} ({why})", flush=True)
@@ -36,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         template=args.conv_mode,
         roi_max_new_tokens=args.roi_max_new_tokens,
         max_new_tokens=args.max_new_tokens,
+        constrained_box=args.constrained_box,
     )
     from eval.checks import fail
     from eval.logs import quiet_third_party
