@@ -113,7 +113,9 @@ class RunConfig:
     roi_max_new_tokens: int = 128
     constrained_box: bool = field(
         default=True,
-        metadata={"help": "cos: the stage-1 box decoded under the box grammar (--no-constrained-box: freely)"},
+        metadata={
+            "help": "cos: the stage-1 box decoded under the box grammar (--no-constrained-box: freely)"
+        },
     )
     max_answer_words: int | None = field(
         default=None,
