@@ -298,3 +298,19 @@ def test_a_vocabulary_that_cannot_write_a_box_is_refused_by_name():
     assert not can_write_boxes(tok) and can_write_boxes(real_tokenizer())
     # The answerers then decode freely (with a warning) and record it.
     assert roi_logits_processor(tok, RoiConfig()) is None
+
+
+@pytest.mark.real
+def test_constrained_boxes_at_real_width(real_base):
+    """llava-1.5-7b-hf's widths and vocabulary (32064 rows, random weights, bf16): usable boxes, batched."""
+    from PIL import Image
+
+    from roillava.answer import load_for_inference
+
+    model, processor = load_for_inference(str(real_base), dtype=torch.bfloat16)
+    config = RoiConfig(roi_max_new_tokens=MAX_BOX_CHARS + 1)
+    kw = {"processor": processor, "model_config": model.config, "config": config}
+    images = [Image.new("RGB", size, colour) for size, colour in (((640, 480), "red"), ((300, 500), "blue"))]
+    prompts = [stage1_prompt("What color is the star?", im, **kw) for im in images]
+    texts, used = generate_roi_texts(model, processor, prompts, config)
+    assert used and len(texts) == 2 and all(usable(t) for t in texts), texts
