@@ -61,4 +61,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 clean-demo:
-	rm -rf playground/demo playground/data dataset/ade20k dataset/reason_seg
+	rm -rf playground/demo playground/demo-seed* playground/data dataset/ade20k dataset/reason_seg
