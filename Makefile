@@ -1,12 +1,13 @@
 # FaST: two commands on a fresh clone.
 #   make demo   create .venv, install, run the whole pipeline on the toy world
+#   make demo-seeds  the demo on seeds 0,1,2 and one table of their acceptance numbers
 #   make test   create .venv, install, run every test (installs Debian's Chromium first if missing, as root)
 #   make web    the agent in a browser page on 127.0.0.1 (the demo's checkpoints)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-real lint bench-eval bench-real gpu-check clean-demo venv web browser
+.PHONY: demo demo-seeds test test-real lint bench-eval bench-real gpu-check clean-demo venv web browser
 
 venv: $(STAMP)
 
@@ -20,6 +21,12 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 demo: $(STAMP)
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m playground.demo
+
+# The demo on several seeds (each under playground/demo-seedN/, seed 0 in playground/demo/) and one table of
+# their acceptance numbers with mean and min (playground/demo-seeds/table.md): make demo-seeds SEEDS=0,1,2,3
+SEEDS ?= 0,1,2
+demo-seeds: $(STAMP)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m playground.demo_seeds --seeds $(SEEDS)
 
 test: $(STAMP) browser
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -m "not real"
@@ -62,4 +69,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 clean-demo:
-	rm -rf playground/demo playground/data dataset/ade20k dataset/reason_seg
+	rm -rf playground/demo playground/demo-seed* playground/data dataset/ade20k dataset/reason_seg

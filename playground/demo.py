@@ -2,7 +2,8 @@
 
 Each stage writes a `.done` marker (with its wall time) when it finishes, so a rerun skips
 finished stages; delete `playground/demo/` (or one stage's folder) to redo them. Results go to
-`playground/demo/results.json`.
+`playground/demo/results.json`. `--seed N` (N != 0) generates its own world and trains with its own
+seeds, everything under `playground/demo-seedN/`.
 """
 
 from __future__ import annotations
@@ -14,16 +15,77 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAYGROUND = ROOT / "playground"
-DEMO = PLAYGROUND / "demo"
-TOY = PLAYGROUND / "data" / "toy"
-EVAL_TOY = PLAYGROUND / "data" / "eval" / "toy"
-TOWER = PLAYGROUND / "tiny_tower"
-BASE = DEMO / "tiny_base"
-CKPT = DEMO / "checkpoints"
+TOWER = PLAYGROUND / "tiny_tower"  # the pretrained toy CLIP tower (committed, as a real CLIP is downloaded)
+TINY_SAM = PLAYGROUND / "tiny_sam"  # the pretrained toy SAM (committed, as a real SAM is downloaded)
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where one seed's demo reads and writes. Seed 0 keeps the layout the tests, `make web` and
+    `fast.web` know (`playground/data`, `dataset/`, `playground/demo`); any other seed keeps its world,
+    its dataset and its runs under `playground/demo-seed{N}/`, so seeds never overwrite each other."""
+
+    seed: int
+    playground: Path  # holds data/ (toy/ and eval/), as `playground.toyworld.generate` writes it
+    dataset: Path  # the segmentation datasets (reason_seg/, ade20k/)
+    demo: Path  # stage markers, logs, checkpoints, answers, results.json, report.md
+
+    @classmethod
+    def for_seed(cls, seed: int) -> DemoPaths:
+        if seed == 0:
+            return cls(0, PLAYGROUND, ROOT / "dataset", PLAYGROUND / "demo")
+        home = PLAYGROUND / f"demo-seed{seed}"
+        return cls(seed, home, home / "dataset", home)
+
+    @property
+    def training_seed(self) -> int:
+        """Every training script's seed: the scripts' own default (42) for seed 0, so seed 0 is today's run."""
+        return 42 + self.seed
+
+    @property
+    def toy(self) -> Path:
+        return self.playground / "data" / "toy"
+
+    @property
+    def eval_toy(self) -> Path:
+        return self.playground / "data" / "eval" / "toy"
+
+    @property
+    def vstar_toy(self) -> Path:
+        return self.playground / "data" / "eval" / "vstar_toy"
+
+    @property
+    def vstar_calib(self) -> Path:
+        """Held out from `vstar_toy`: the routing threshold is calibrated here."""
+        return self.playground / "data" / "eval" / "vstar_toy_calib"
+
+    @property
+    def base(self) -> Path:
+        return self.demo / "tiny_base"
+
+    @property
+    def ckpt(self) -> Path:
+        return self.demo / "checkpoints"
+
+    @property
+    def agent(self) -> Path:
+        return self.demo / "agent"
+
+    @property
+    def results(self) -> Path:
+        return self.demo / "results.json"
+
+
+# The run's paths: `main` selects its seed's once; the stages read them from here, so every stage keeps
+# a no-argument signature. The constants below are seed 0's, for `fast.web` and the tests.
+PATHS = DemoPaths.for_seed(0)
+DEMO, TOY, EVAL_TOY, BASE, CKPT = PATHS.demo, PATHS.toy, PATHS.eval_toy, PATHS.base, PATHS.ckpt
+VSTAR_TOY, AGENT_DIR = PATHS.vstar_toy, PATHS.agent
 
 # The toy recipe: what differs from the real 8-GPU defaults of each script.
 # The toy recipe pads in stage 1 too (LLaVA's stage 1 centre-crops, which would cut toy targets at the
@@ -70,7 +132,6 @@ SWITCH_TRAIN = {
     "MAX_GRAD_NORM": "1.0",
 }
 TOY_ENV = {
-    "IMAGE_FOLDER": str(TOY / "images"),
     "DS_CONFIG": "./scripts/zero2.json",
     "BF16": "False",
     "NUM_GPUS": "1",
@@ -84,7 +145,7 @@ TOY_ENV = {
 
 def run_stage(name: str, fn: Callable[[], dict | None], timings: dict) -> dict | None:
     """Run `fn` unless its marker says it finished; record its wall time either way."""
-    marker = DEMO / "stages" / f"{name}.done"
+    marker = PATHS.demo / "stages" / f"{name}.done"
     if marker.exists():
         record = json.loads(marker.read_text())
         print(f"[demo] {name}: done earlier ({record['seconds']:.0f}s), skipped", flush=True)
@@ -119,8 +180,10 @@ def tee(cmd: list[str], cwd: Path, log: Path, what: str, env: dict[str, str] | N
 
 
 def sh(script: str, cwd: Path, env: dict[str, str], log: Path) -> None:
-    """Run one of the project's shell scripts as a user would; its output goes to the console and `log`."""
-    tee(["bash", script], cwd, log, script, {**TOY_ENV, **env})
+    """Run one of the project's shell scripts as a user would; its output goes to the console and `log`.
+    The run's toy images and training seed come with every script."""
+    run_env = {**TOY_ENV, "IMAGE_FOLDER": str(PATHS.toy / "images"), "SEED": str(PATHS.training_seed), **env}
+    tee(["bash", script], cwd, log, script, run_env)
 
 
 def py(args: list[str], log: Path | None = None) -> None:
@@ -134,70 +197,78 @@ def py(args: list[str], log: Path | None = None) -> None:
 def stage_world() -> dict:
     from playground.toyworld import generate
 
-    return generate(PLAYGROUND, ROOT / "dataset", seed=0)
+    return generate(PATHS.playground, PATHS.dataset, seed=PATHS.seed)
 
 
 def stage_tower() -> None:
     if not (TOWER / "model.safetensors").exists():
-        py(["playground.vision_pretrain", "--out", str(TOWER)], DEMO / "logs" / "vision_pretrain.log")
+        py(["playground.vision_pretrain", "--out", str(TOWER)], PATHS.demo / "logs" / "vision_pretrain.log")
 
 
 def stage_base() -> None:
     py(
-        ["playground.tiny_base", "--out", str(BASE), "--vision-tower", str(TOWER)],
-        DEMO / "logs" / "tiny_base.log",
+        [
+            "playground.tiny_base",
+            "--out",
+            str(PATHS.base),
+            "--vision-tower",
+            str(TOWER),
+            "--seed",
+            str(PATHS.seed),
+        ],
+        PATHS.demo / "logs" / "tiny_base.log",
     )
 
 
 def stage_system1_pretrain() -> None:
     env = {
-        "MODEL": str(BASE),
-        "DATA_PATH": str(TOY / "blip_laion_cc_sbu_toy.json"),
-        "OUTPUT_DIR": str(CKPT / "system1-pretrain"),
+        "MODEL": str(PATHS.base),
+        "DATA_PATH": str(PATHS.toy / "blip_laion_cc_sbu_toy.json"),
+        "OUTPUT_DIR": str(PATHS.ckpt / "system1-pretrain"),
         **SYSTEM1_PRETRAIN,
     }
-    sh("scripts/v1_5/pretrain.sh", ROOT / "RoiLLaVA", env, DEMO / "logs" / "system1_pretrain.log")
+    sh("scripts/v1_5/pretrain.sh", ROOT / "RoiLLaVA", env, PATHS.demo / "logs" / "system1_pretrain.log")
 
 
 def stage_system1_finetune() -> None:
     env = {
-        "MODEL": str(BASE),
-        "PROJECTOR": str(CKPT / "system1-pretrain" / "mm_projector.safetensors"),
-        "DATA_PATH": str(TOY / "llava_toy_instruct.json"),
-        "OUTPUT_DIR": str(CKPT / "system1"),
+        "MODEL": str(PATHS.base),
+        "PROJECTOR": str(PATHS.ckpt / "system1-pretrain" / "mm_projector.safetensors"),
+        "DATA_PATH": str(PATHS.toy / "llava_toy_instruct.json"),
+        "OUTPUT_DIR": str(PATHS.ckpt / "system1"),
         **SYSTEM1_FINETUNE,
     }
-    sh("scripts/v1_5/finetune.sh", ROOT / "RoiLLaVA", env, DEMO / "logs" / "system1_finetune.log")
+    sh("scripts/v1_5/finetune.sh", ROOT / "RoiLLaVA", env, PATHS.demo / "logs" / "system1_finetune.log")
 
 
 def stage_system1_eval() -> dict:
     from eval.toy import toy_accuracy
     from roillava.answer import answer_file, load_for_inference
 
-    model, processor = load_for_inference(str(CKPT / "system1"))
-    answers = DEMO / "answers" / "system1.jsonl"
+    model, processor = load_for_inference(str(PATHS.ckpt / "system1"))
+    answers = PATHS.demo / "answers" / "system1.jsonl"
     run = answer_file(
         model,
         processor,
-        str(EVAL_TOY / "llava_toy_val.jsonl"),
-        str(TOY / "images"),
+        str(PATHS.eval_toy / "llava_toy_val.jsonl"),
+        str(PATHS.toy / "images"),
         str(answers),
         batch_size=16,
         max_new_tokens=8,
     )
-    acc = toy_accuracy(answers, EVAL_TOY / "toy_val_annotations.json")
+    acc = toy_accuracy(answers, PATHS.eval_toy / "toy_val_annotations.json")
     return {**acc, "sec_per_question": run["sec_per_question"]}
 
 
 def stage_roi_train() -> None:
     env = {
-        "MODEL": str(CKPT / "system1"),
-        "DATA_PATH": str(TOY / "llava_toy_instruct.json"),
-        "ROI_DATA": str(TOY / "chain-of-spot.json"),
-        "OUTPUT_DIR": str(CKPT / "roi"),
+        "MODEL": str(PATHS.ckpt / "system1"),
+        "DATA_PATH": str(PATHS.toy / "llava_toy_instruct.json"),
+        "ROI_DATA": str(PATHS.toy / "chain-of-spot.json"),
+        "OUTPUT_DIR": str(PATHS.ckpt / "roi"),
         **ROI_TRAIN,
     }
-    sh("scripts/v1_5/finetune_lora.sh", ROOT / "RoiLLaVA", env, DEMO / "logs" / "roi_train.log")
+    sh("scripts/v1_5/finetune_lora.sh", ROOT / "RoiLLaVA", env, PATHS.demo / "logs" / "roi_train.log")
 
 
 def stage_roi_eval() -> dict:
@@ -205,43 +276,43 @@ def stage_roi_eval() -> dict:
     from roillava.answer import load_for_inference
     from roillava.roi import RoiConfig, roi_answer_file
 
-    model, processor = load_for_inference(str(CKPT / "roi"))
-    answers = DEMO / "answers" / "roi_two_stage.jsonl"
+    model, processor = load_for_inference(str(PATHS.ckpt / "roi"))
+    answers = PATHS.demo / "answers" / "roi_two_stage.jsonl"
     config = RoiConfig(roi_max_new_tokens=32, max_new_tokens=8)
     run = roi_answer_file(
         model,
         processor,
-        str(EVAL_TOY / "llava_toy_val.jsonl"),
-        str(TOY / "images"),
+        str(PATHS.eval_toy / "llava_toy_val.jsonl"),
+        str(PATHS.toy / "images"),
         str(answers),
         config=config,
         batch_size=16,
     )
     return {
-        **toy_roi_metrics(answers, EVAL_TOY / "toy_val_annotations.json"),
+        **toy_roi_metrics(answers, PATHS.eval_toy / "toy_val_annotations.json"),
         "sec_per_question": run["sec_per_question"],
     }
 
 
 def stage_switch_pretrain() -> None:
     env = {
-        "MODEL": str(CKPT / "system1"),
-        "DATA_PATH": str(TOY / "blip_laion_cc_sbu_toy.json"),
-        "OUTPUT_DIR": str(CKPT / "switch-pretrain"),
+        "MODEL": str(PATHS.ckpt / "system1"),
+        "DATA_PATH": str(PATHS.toy / "blip_laion_cc_sbu_toy.json"),
+        "OUTPUT_DIR": str(PATHS.ckpt / "switch-pretrain"),
         **SWITCH_PRETRAIN,
     }
-    sh("pretrain.sh", ROOT / "SwiLLaVA", env, DEMO / "logs" / "switch_pretrain.log")
+    sh("pretrain.sh", ROOT / "SwiLLaVA", env, PATHS.demo / "logs" / "switch_pretrain.log")
 
 
 def stage_switch_train() -> None:
     env = {
-        "MODEL": str(CKPT / "system1"),
-        "DATA_PATH": str(TOY / "seal"),
-        "OBJECT_PROJECTOR": str(CKPT / "switch-pretrain" / "mm_projector_object.safetensors"),
-        "OUTPUT_DIR": str(CKPT / "switch"),
+        "MODEL": str(PATHS.ckpt / "system1"),
+        "DATA_PATH": str(PATHS.toy / "seal"),
+        "OBJECT_PROJECTOR": str(PATHS.ckpt / "switch-pretrain" / "mm_projector_object.safetensors"),
+        "OUTPUT_DIR": str(PATHS.ckpt / "switch"),
         **SWITCH_TRAIN,
     }
-    sh("finetune_lora.sh", ROOT / "SwiLLaVA", env, DEMO / "logs" / "switch_train.log")
+    sh("finetune_lora.sh", ROOT / "SwiLLaVA", env, PATHS.demo / "logs" / "switch_train.log")
 
 
 # How the switch's validation questions are asked: as written (LLaVA's short-answer suffix), bare, and
@@ -253,7 +324,7 @@ def phrased_questions(phrasing: str, out: Path) -> Path:
     """The validation questions rewritten in one of SWITCH_PHRASINGS (JSONL at `out`)."""
     from playground.toyworld import SHORT_ANSWER_SUFFIX
 
-    rows = [json.loads(line) for line in (EVAL_TOY / "llava_toy_val.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (PATHS.eval_toy / "llava_toy_val.jsonl").read_text().splitlines()]
     for row in rows:
         bare = row["text"].removesuffix(SHORT_ANSWER_SUFFIX)
         row["text"] = {"short": row["text"], "bare": bare, "conversational": f"Can you tell me: {bare}"}[
@@ -269,13 +340,13 @@ def stage_switch_eval() -> dict:
     from swillava.infer import SwitchAdapter, toy_switch_metrics
 
     # SEAL's sentence with one name is 24 tokens of the toy tokenizer: room for longer names and lists
-    adapter = SwitchAdapter.from_pretrained(CKPT / "switch", max_new_tokens=48)
+    adapter = SwitchAdapter.from_pretrained(PATHS.ckpt / "switch", max_new_tokens=48)
     by_phrasing = {
         phrasing: toy_switch_metrics(
             adapter,
-            str(phrased_questions(phrasing, DEMO / "answers" / f"switch_val_{phrasing}.jsonl")),
-            str(EVAL_TOY / "toy_val_annotations.json"),
-            str(TOY / "images"),
+            str(phrased_questions(phrasing, PATHS.demo / "answers" / f"switch_val_{phrasing}.jsonl")),
+            str(PATHS.eval_toy / "toy_val_annotations.json"),
+            str(PATHS.toy / "images"),
             batch_size=32,
         )
         for phrasing in SWITCH_PHRASINGS
@@ -284,9 +355,6 @@ def stage_switch_eval() -> dict:
 
 
 # --- the FaST agent on the toy V*-style set ----------------------------------------------------------
-VSTAR_TOY = PLAYGROUND / "data" / "eval" / "vstar_toy"
-VSTAR_CALIB = PLAYGROUND / "data" / "eval" / "vstar_toy_calib"  # held out: the routing threshold's
-AGENT_DIR = DEMO / "agent"
 # name: (mode, evidence). The last two are the evidence ablation; "fast" is its roi+seg entry. Every
 # "fast" run but "fast_no_confidence" routes unsure answers with the calibrated threshold.
 AGENT_RUNS = {
@@ -320,10 +388,10 @@ def agent_config(mode: str = "fast", evidence: str = "roi+seg", confidence_thres
     from playground.toyworld import SHORT_ANSWER_SUFFIX
 
     return AgentConfig(
-        base=str(CKPT / "system1"),
-        switch=str(CKPT / "switch"),
-        roi=str(CKPT / "roi"),
-        seg=str(CKPT / "seg"),
+        base=str(PATHS.ckpt / "system1"),
+        switch=str(PATHS.ckpt / "switch"),
+        roi=str(PATHS.ckpt / "roi"),
+        seg=str(PATHS.ckpt / "seg"),
         mode=mode,
         evidence=evidence,
         question_suffix=SHORT_ANSWER_SUFFIX,
@@ -382,10 +450,10 @@ def calibrate(model) -> dict:
     """The confidence threshold, from FaST (routing off) and System 2 always on the held-out split."""
     from fast.calibration import RoutingOutcome, choose_threshold, system2_rate_budget
 
-    out = AGENT_DIR / "calibration"
+    out = PATHS.agent / "calibration"
     out.mkdir(parents=True, exist_ok=True)
-    fast = run_agent(model, agent_config(), VSTAR_CALIB, out / "fast_no_confidence.jsonl")
-    always = run_agent(model, agent_config("system2_always"), VSTAR_CALIB, out / "system2_always.jsonl")
+    fast = run_agent(model, agent_config(), PATHS.vstar_calib, out / "fast_no_confidence.jsonl")
+    always = run_agent(model, agent_config("system2_always"), PATHS.vstar_calib, out / "system2_always.jsonl")
 
     def rows(name: str) -> dict[str, dict]:
         lines = (out / f"{name}.jsonl").read_text().splitlines()
@@ -406,7 +474,7 @@ def calibrate(model) -> dict:
     )
     choice = choose_threshold(outcomes, max_system2_rate=min(1.0, max_rate))
     choice.update(
-        split=VSTAR_CALIB.name,
+        split=PATHS.vstar_calib.name,
         time_budget=CALIBRATION_TIME_BUDGET,
         runs={"fast_no_confidence": fast, "system2_always": always},
     )
@@ -424,12 +492,12 @@ def stage_agent_eval() -> dict:
 
     model = FastModel(agent_config())
     print(f"[demo] {model.memory.summary()}", flush=True)
-    AGENT_DIR.mkdir(parents=True, exist_ok=True)
+    PATHS.agent.mkdir(parents=True, exist_ok=True)
     # Warm-up through every stage, so no timed run pays one-time costs.
-    warmup = AGENT_DIR / "warmup.jsonl"
+    warmup = PATHS.agent / "warmup.jsonl"
     for f in (warmup, warmup.with_name("warmup.traces.jsonl")):
         f.unlink(missing_ok=True)
-    answer_vstar(FastAgent(agent_config("system2_always"), model), VSTAR_TOY, warmup, num_chunks=50)
+    answer_vstar(FastAgent(agent_config("system2_always"), model), PATHS.vstar_toy, warmup, num_chunks=50)
     calibration = calibrate(model)
     threshold = calibration["threshold"]
     print(
@@ -439,12 +507,15 @@ def stage_agent_eval() -> dict:
     runs = {}
     for name, (mode, evidence) in AGENT_RUNS.items():
         config = agent_config(mode, evidence, 0.0 if name == "fast_no_confidence" else threshold)
-        runs[name] = run_agent(model, config, VSTAR_TOY, AGENT_DIR / f"{name}.jsonl")
+        runs[name] = run_agent(model, config, PATHS.vstar_toy, PATHS.agent / f"{name}.jsonl")
         print(f"[demo] agent {name}: {json.dumps(runs[name])}", flush=True)
     curve = [{"threshold": 0.0, **runs["fast_no_confidence"]}, {"threshold": threshold, **runs["fast"]}]
     for t in CURVE_THRESHOLDS:
         r = run_agent(
-            model, agent_config(confidence_threshold=t), VSTAR_TOY, AGENT_DIR / "curve" / f"fast_{t}.jsonl"
+            model,
+            agent_config(confidence_threshold=t),
+            PATHS.vstar_toy,
+            PATHS.agent / "curve" / f"fast_{t}.jsonl",
         )
         curve.append({"threshold": t, **r})
     curve.sort(key=lambda p: p["threshold"])
@@ -472,7 +543,7 @@ def stage_agent_eval() -> dict:
         "runs": runs,
         "agent_config": json.loads(agent_config(confidence_threshold=threshold).to_json()),
     }
-    (AGENT_DIR / "agent_eval.json").write_text(json.dumps(result, indent=1))
+    (PATHS.agent / "agent_eval.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -598,12 +669,12 @@ def stage_agent_report() -> dict:
     from eval.images import open_image
     from fast.trace import Trace, draw_overlay
 
-    result = json.loads((AGENT_DIR / "agent_eval.json").read_text())
-    overlays = DEMO / "report"
+    result = json.loads((PATHS.agent / "agent_eval.json").read_text())
+    overlays = PATHS.demo / "report"
     overlays.mkdir(parents=True, exist_ok=True)
     traces = [
         Trace.from_dict(json.loads(line))
-        for line in (AGENT_DIR / "fast.traces.jsonl").read_text().splitlines()
+        for line in (PATHS.agent / "fast.traces.jsonl").read_text().splitlines()
     ]
     system2 = [t for t in traces if t.system == "system2" and t.image]
     # A few of each: right and wrong answers (option 0 is the right one).
@@ -635,7 +706,7 @@ def stage_agent_report() -> dict:
         "without routing. A System-1 answer is routed when its confidence (the margin between the two most "
         "likely options) is below the threshold.",
         "",
-        f"![accuracy against seconds per question]({plot.relative_to(DEMO)})",
+        f"![accuracy against seconds per question]({plot.relative_to(PATHS.demo)})",
         "",
         "| threshold | acc_easy | acc_hard | acc_all | System-2 rate | s/question |",
         "|---|---|---|---|---|---|",
@@ -680,14 +751,14 @@ def stage_agent_report() -> dict:
         parts += [
             f"### {t.question_id}: {verdict}",
             "",
-            f"![{t.question_id}]({png.relative_to(DEMO)})",
+            f"![{t.question_id}]({png.relative_to(PATHS.demo)})",
             "",
             "```",
             t.readable(),
             "```",
             "",
         ]
-    report = DEMO / "report.md"
+    report = PATHS.demo / "report.md"
     report.write_text("\n".join(parts))
     return {"report": str(report), "overlays": len(picked)}
 
@@ -699,7 +770,6 @@ def agent_results(result: dict) -> dict:
 
 
 # --- the segmentation adapter ------------------------------------------------------------------------
-TINY_SAM = PLAYGROUND / "tiny_sam"  # the pretrained toy SAM (committed, as a real SAM is downloaded)
 # ReasonSeg-style data only: in a trial at this budget, mixing in the toy ADE20K classes ("background",
 # "clutter", …) at 3:1 gave gIoU 0.65 (0.61 from generated answers) against 0.75 (0.74) without them.
 SEG_TRAIN = [
@@ -727,14 +797,14 @@ def stage_seg_train() -> None:
     """`deepspeed train_ds.py …` from `SegLLaVA/`, as LISA's README runs it, on the System-1 checkpoint."""
     # The toy SAM is committed; it is retrained (a 10-minute cap on a CPU) only if missing.
     if not (TINY_SAM / "model.safetensors").exists():
-        py(["playground.sam_pretrain", "--out", str(TINY_SAM)], DEMO / "logs" / "sam_pretrain.log")
+        py(["playground.sam_pretrain", "--out", str(TINY_SAM)], PATHS.demo / "logs" / "sam_pretrain.log")
     cmd = [
         "deepspeed", "--num_gpus", "1", "--master_port", str(29500 + os.getpid() % 1000),
         "--log_level", "info" if os.environ.get("FAST_VERBOSE") == "1" else "error", "train_ds.py",
-        f"--version={CKPT / 'system1'}", f"--dataset_dir={ROOT / 'dataset'}", f"--vision_pretrained={TINY_SAM}",
-        f"--log_base_dir={CKPT}", "--exp_name=seg", *SEG_TRAIN,
+        f"--version={PATHS.ckpt / 'system1'}", f"--dataset_dir={PATHS.dataset}", f"--vision_pretrained={TINY_SAM}",
+        f"--log_base_dir={PATHS.ckpt}", "--exp_name=seg", f"--seed={PATHS.training_seed}", *SEG_TRAIN,
     ]  # fmt: skip
-    tee(cmd, ROOT / "SegLLaVA", DEMO / "logs" / "seg_train.log", "seg training")
+    tee(cmd, ROOT / "SegLLaVA", PATHS.demo / "logs" / "seg_train.log", "seg training")
 
 
 def stage_seg_eval() -> dict:
@@ -743,8 +813,8 @@ def stage_seg_eval() -> dict:
     from segllava.sources import val_items
     from segllava.validate import evaluate_modes
 
-    seg = SegLLaVA.from_pretrained(CKPT / "seg")
-    items = val_items(ROOT / "dataset", "ReasonSeg|val")
+    seg = SegLLaVA.from_pretrained(PATHS.ckpt / "seg")
+    items = val_items(PATHS.dataset, "ReasonSeg|val")
     m = evaluate_modes(seg, seg.processor, items, ("teacher", "generate"), **SEG_EVAL)
     keys = (
         "giou",
@@ -777,7 +847,15 @@ def main() -> None:
         default=",".join(ADAPTER_STAGES),
         help=f"comma-separated stage groups to run after System 1 (default: all of {list(ADAPTER_STAGES)})",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the toy world's and every training stage's seed; 0 writes playground/demo, N playground/demo-seedN",
+    )
     args = parser.parse_args()
+    global PATHS
+    PATHS = DemoPaths.for_seed(args.seed)
     groups = [g for g in args.adapters.split(",") if g]
     unknown = sorted(set(groups) - set(ADAPTER_STAGES))
     if unknown:
@@ -803,7 +881,7 @@ def main() -> None:
         results["evidence_ablation"] = agent["evidence_ablation"]
     results["timings"] = {k: round(v, 1) for k, v in timings.items()}
     results["acceptance"] = demo_acceptance(results)
-    (DEMO / "results.json").write_text(json.dumps(results, indent=1))
+    PATHS.results.write_text(json.dumps(results, indent=1))
     s1 = results["system1_toy_vqa"]
     print("\nSystem 1 on the toy VQA validation set (open answers):")
     print(f"  acc_easy {s1['acc_easy']:.3f}  acc_hard {s1['acc_hard']:.3f}  acc_all {s1['acc_all']:.3f}")
@@ -811,7 +889,7 @@ def main() -> None:
         print(agent_table(agent))
     for name, ok in results["acceptance"].items():
         print(f"  [{'x' if ok else ' ' if ok is not None else '?'}] {name}")
-    print(f"\ntimings (s): {results['timings']}\nwritten: {DEMO / 'results.json'}")
+    print(f"\ntimings (s): {results['timings']}\nwritten: {PATHS.results}")
 
 
 if __name__ == "__main__":

@@ -267,8 +267,9 @@ def main() -> None:
     p.add_argument(
         "--vision-tower", type=Path, default=None, help="a CLIPVisionModel dir from vision_pretrain.py"
     )
+    p.add_argument("--seed", type=int, default=0, help="the language model's and SAM's initialisation")
     args = p.parse_args()
-    build_tiny_base(args.out, vision_tower=args.vision_tower)
+    build_tiny_base(args.out, TinyBaseConfig(seed=args.seed), vision_tower=args.vision_tower)
     print(f"tiny base written to {args.out}")
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -15,11 +17,9 @@ from playground.toyworld.scene import LARGE_SIDE, SMALL_SIDE
 @pytest.fixture()
 def demo_paths(tiny_base, toy_world, tmp_path, monkeypatch):
     ckpts = fast_checkpoints(tiny_base)
-    monkeypatch.setattr(demo, "CKPT", ckpts["base"].parent)  # holds system1/, switch/, roi/, seg/
-    monkeypatch.setattr(demo, "DEMO", tmp_path)
-    monkeypatch.setattr(demo, "AGENT_DIR", tmp_path / "agent")
-    monkeypatch.setattr(demo, "VSTAR_TOY", toy_world["playground"] / "data" / "eval" / "vstar_toy")
-    monkeypatch.setattr(demo, "VSTAR_CALIB", toy_world["playground"] / "data" / "eval" / "vstar_toy_calib")
+    (tmp_path / "checkpoints").symlink_to(ckpts["base"].parent)  # holds system1/, switch/, roi/, seg/
+    paths = demo.DemoPaths(0, toy_world["playground"], toy_world["dataset"], tmp_path)
+    monkeypatch.setattr(demo, "PATHS", paths)
     monkeypatch.setattr(demo, "CURVE_THRESHOLDS", (0.5,))
     knobs = {"switch_max_new_tokens": 4, "roi_max_new_tokens": 6, "answer_max_new_tokens": 3, "batch_size": 4}
     monkeypatch.setattr(demo, "AGENT_KNOBS", knobs)
@@ -99,3 +99,44 @@ def test_demo_acceptance_reads_every_target():
     results["fast"]["acc_all"] = 0.89
     assert not demo.demo_acceptance(results)["fast acc >= System-2-always acc"]
     assert demo.demo_acceptance({}) == {}
+
+
+def test_seed_zero_keeps_the_known_layout_and_other_seeds_one_folder_each():
+    zero, seven = demo.DemoPaths.for_seed(0), demo.DemoPaths.for_seed(7)
+    root = demo.ROOT
+    assert (zero.demo, zero.toy, zero.dataset) == (
+        root / "playground" / "demo",
+        root / "playground" / "data" / "toy",
+        root / "dataset",
+    )
+    assert (zero.ckpt, zero.demo, zero.vstar_toy) == (demo.CKPT, demo.DEMO, demo.VSTAR_TOY)
+    assert zero.training_seed == 42  # the scripts' default: seed 0 trains as before
+    home = root / "playground" / "demo-seed7"
+    for path in (
+        seven.demo,
+        seven.toy,
+        seven.eval_toy,
+        seven.vstar_toy,
+        seven.dataset,
+        seven.ckpt,
+        seven.results,
+    ):
+        assert path.is_relative_to(home), path
+    assert seven.training_seed != zero.training_seed
+    # the generated folder is ignored and cleaned like the seed-0 outputs
+    assert "playground/demo-seed*/" in (root / ".gitignore").read_text().splitlines()
+    assert "playground/demo-seed*" in (root / "Makefile").read_text()
+
+
+def test_stages_read_the_run_paths_not_the_seed_zero_constants():
+    """A stage that used `CKPT`, `DEMO`, … would write seed 0's folders on every seed."""
+    seed_zero_names = {"DEMO", "TOY", "EVAL_TOY", "BASE", "CKPT", "VSTAR_TOY", "AGENT_DIR"}
+    tree = ast.parse(Path(demo.__file__).read_text())
+    used = [
+        f"{fn.name}: {node.id}"
+        for fn in tree.body
+        if isinstance(fn, ast.FunctionDef)
+        for node in ast.walk(fn)
+        if isinstance(node, ast.Name) and node.id in seed_zero_names
+    ]
+    assert not used, used

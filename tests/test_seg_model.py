@@ -198,3 +198,25 @@ def test_generated_seg_matches_teacher_forcing_and_chat_writes_pngs(seg, tmp_pat
     mask = np.asarray(Image.open(mask_png))
     assert mask.shape == (64, 96) and set(np.unique(mask)) <= {0, 255}
     assert Image.open(overlay_png).size == (96, 64)
+
+
+def test_training_model_is_the_same_whatever_ran_before(tiny_base):
+    """`train_ds.py` builds its trainable weights (new token rows, LoRA, head) from `--seed` alone, not
+    from whatever the process drew before: two same-seed runs start from equal weights."""
+    from transformers import HfArgumentParser
+
+    from segllava.train import SegTrainArgs, build_model, set_trainable
+
+    flags = [f"--version={tiny_base}", f"--vision_pretrained={tiny_base / 'sam'}", "--precision=fp32"]
+    flags += ["--train_embeddings=new_tokens", "--train_sam_encoder", "--seed=3"]
+    (args,) = HfArgumentParser(SegTrainArgs).parse_args_into_dataclasses(args=flags)
+    built = []
+    for earlier_draws in (1, 2):
+        torch.manual_seed(earlier_draws)
+        torch.rand(earlier_draws)
+        model, _, new_ids = build_model(args)
+        set_trainable(model, args, new_ids)
+        built.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+    a, b = built
+    assert a.keys() == b.keys() and any("lora_A" in n for n in a)
+    assert [n for n in a if not torch.equal(a[n], b[n])] == []

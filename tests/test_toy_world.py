@@ -1,8 +1,12 @@
 """The toy world is deterministic and every file it writes is in the real format."""
 
 import json
+import os
 import random
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +36,24 @@ def test_same_seed_same_world(tmp_path, toy_world):
         tmp_path / "a/playground/data/toy/llava_toy_instruct.json"
     ).read_text()
     del c
+
+
+def test_same_seed_same_world_in_processes_with_different_hash_seeds(tmp_path):
+    """Two `python -m playground.toyworld` runs with different PYTHONHASHSEED write the same bytes: no
+    set or hash order reaches a file (the demo's processes each draw their own hash seed)."""
+    sizes = ["--train", "4", "--val", "3", "--vstar", "3", "--seg-train", "2", "--seg-val", "2"]
+    root = Path(__file__).resolve().parent.parent
+    for run, hash_seed in (("a", "1"), ("b", "2")):
+        out = tmp_path / run
+        cmd = [sys.executable, "-m", "playground.toyworld", "--playground", str(out / "playground")]
+        cmd += ["--dataset", str(out / "dataset"), "--seed", "3", *sizes]
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True, timeout=300)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert len(files) > 30
+    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
 
 
 def test_scene_sizes_and_masks():

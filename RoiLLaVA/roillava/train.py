@@ -388,6 +388,8 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
             )
         )
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    # Seeded before the model: the LoRA matrices are drawn when they are added, before the Trainer seeds.
+    transformers.set_seed(training_args.seed)
     model = load_base(
         model_args.model_name_or_path,
         dtype=dtype,

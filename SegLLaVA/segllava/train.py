@@ -264,6 +264,8 @@ def build_model(args: SegTrainArgs) -> tuple[SegLLaVA, object, list[int]]:
         args.version, dtype=dtype, attn_implementation="sdpa"
     )
     llava.config.use_cache = False
+    # Seeded first: where `[SEG]` is new (a real LLaVA base), its embedding row is sampled around the mean.
+    torch.manual_seed(args.seed)
     new_ids = ensure_seg_tokens(processor.tokenizer, llava, args.use_mm_start_end)
     sam = load_sam_with_config(args.vision_pretrained, args.sam_config).to(dtype)
     if args.image_size not in (None, sam.config.vision_config.image_size):
