@@ -46,7 +46,8 @@ FIGURES = [
     Figure("FaST System-2 rate", ("fast", "system2_rate")),
     Figure("ROI covered (hard)", ("roi", "target_covered_rate_hard")),
     Figure("ROI fallback rate", ("roi", "fallback_rate")),
-    Figure("ROI stage s", ("timings", "roi_train"), 0),
+    Figure("ROI train s", ("timings", "roi_train"), 0),
+    Figure("ROI eval s", ("timings", "roi_eval"), 0),
 ]
 SWITCH_KEYS = ("f1_system2", "object_names_exact")
 
@@ -77,6 +78,8 @@ def switch_figures(all_results: list[dict]) -> list[Figure]:
         for path in _key_paths(switch) if isinstance(switch, dict) else []:
             if any(path[-1].startswith(k) for k in SWITCH_KEYS):
                 seen.setdefault(("switch", *path), None)
+    if any("phrasings" in path for path in seen):  # the top-level keys repeat the "short" phrasing's
+        seen = {path: None for path in seen if "phrasings" in path}
     if not seen:  # no seed has switch results yet: the rows still show, as n/a
         seen = {("switch", k): None for k in SWITCH_KEYS}
     labels = {"f1_system2": "switch F1", "object_names_exact": "switch names exact"}
@@ -128,7 +131,10 @@ CHECKS = [
     ),
     Check("ROI covered (hard) >= 0.85", _check((("roi", "target_covered_rate_hard"),), lambda c: c >= 0.85)),
     Check("ROI fallback rate <= 0.02", _check((("roi", "fallback_rate"),), lambda r: r <= 0.02)),
-    Check("ROI stage <= 180 s", _check((("timings", "roi_train"),), lambda s: s <= 180)),
+    Check(
+        "ROI stage (train + eval) <= 180 s",
+        _check((("timings", "roi_train"), ("timings", "roi_eval")), lambda t, e: t + e <= 180),
+    ),
 ]
 
 

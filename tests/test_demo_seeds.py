@@ -18,7 +18,7 @@ PASSING = {
     },
     "roi": {"target_covered_rate_hard": 0.90, "fallback_rate": 0.0},
     "switch": {"f1_system2": 0.99, "object_names_exact": 0.97, "no_suffix": {"f1_system2": 0.96}},
-    "timings": {"roi_train": 150.0},
+    "timings": {"roi_train": 150.0, "roi_eval": 20.0},
 }
 
 
@@ -54,13 +54,14 @@ def test_table_per_seed_with_mean_min_and_checks(tmp_path):
     ]
     assert _row(table, "FaST acc_all") == ["0.920", "0.880", "n/a", "0.900", "0.880"]
     assert _row(table, "FaST s/question") == ["0.0400", "0.0400", "n/a", "0.0400", "0.0400"]
-    assert _row(table, "ROI stage s") == ["150", "n/a", "n/a", "150", "150"]
+    assert _row(table, "ROI train s") == ["150", "n/a", "n/a", "150", "150"]
+    assert _row(table, "ROI eval s")[0] == "20"
     # the switch rows follow the keys the results hold, the suffix variant included
     assert _row(table, "switch F1") == ["0.990", "0.990", "n/a", "0.990", "0.990"]
     assert _row(table, "switch F1 (no_suffix)") == ["0.960", "n/a", "n/a", "0.960", "0.960"]
     assert _row(table, "FaST acc_all >= System-2-always acc_all") == ["yes", "**no**", "n/a", "all: n/a", ""]
     assert _row(table, "ROI fallback rate <= 0.02")[:2] == ["yes", "**no**"]
-    assert _row(table, "ROI stage <= 180 s")[:2] == ["yes", "n/a"]
+    assert _row(table, "ROI stage (train + eval) <= 180 s")[:2] == ["yes", "n/a"]
     assert _row(table, "switch F1 (no_suffix) >= 0.95")[:2] == ["yes", "n/a"]
     # every row has a cell per column
     widths = {ln.count("|") for ln in table.splitlines()}
@@ -84,3 +85,19 @@ def test_empty_results_still_show_every_row_as_na():
     table = seed_table({5: {}})
     assert _row(table, "switch F1") == ["n/a", "n/a", "n/a"]
     assert _row(table, "FaST hard >= System-1 hard + 0.20") == ["n/a", "all: n/a", ""]
+
+
+def test_switch_rows_are_the_phrasings_when_the_results_have_them():
+    from playground.demo_seeds import switch_figures
+
+    phrasing = {"f1_system2": 0.97, "object_names_exact": 0.96}
+    results = {
+        "switch": {**phrasing, "phrasings": {"short": phrasing, "bare": {**phrasing, "f1_system2": 0.9}}}
+    }
+    labels = [f.label for f in switch_figures([results])]
+    assert labels == [
+        "switch F1 (phrasings short)", "switch names exact (phrasings short)",
+        "switch F1 (phrasings bare)", "switch names exact (phrasings bare)",
+    ]  # fmt: skip
+    table = seed_table({0: results})
+    assert "| switch F1 (phrasings bare) >= 0.95 | **no** |" in table and "| switch F1 >= 0.95 |" not in table
