@@ -186,7 +186,7 @@ def message(text: str) -> str:
 
 def read_upload(payload) -> tuple[Image.Image | None, str | None]:
     """The uploaded image (RGB), or a message saying why it cannot be used."""
-    from eval.images import open_image
+    from eval.runner import open_image
 
     if payload is None:
         return None, "upload an image or pick an example first."
