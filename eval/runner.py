@@ -36,7 +36,6 @@ __all__ = [
     "append_lines",
     "check_run_inputs",
     "chunk",
-    "model_signature",
     "open_image",
     "quiet_third_party",
     "read_questions",
@@ -151,11 +150,18 @@ def run_items(
     answer_batch: Callable[[list[dict], Any], list[tuple[str, dict]]],
     *,
     model_id: str,
+    checkpoints: tuple = (),
+    num_chunks: int = 1,
+    chunk_idx: int = 0,
     **run_options,
 ) -> dict:
-    """`run_batches` over (question row, image path, options) items: each fingerprinted with its options,
-    image and `settings`; `answer_batch(batch, loaded)` returns one (text, metadata) per row, made into
-    LLaVA answer rows here. `run_options`: `run_batches`' keywords."""
+    """`run_batches` over chunk `chunk_idx` of (question row, image path, options) items: each
+    fingerprinted with its options, image, `settings` and the files of `checkpoints`;
+    `answer_batch(batch, loaded)` returns one (text, metadata) per row, made into LLaVA answer rows here.
+    `run_options`: `run_batches`' keywords."""
+    items = chunk(items, num_chunks, chunk_idx)
+    if checkpoints:
+        settings = {**settings, "model": model_signature(*checkpoints)}
     expected = {
         row["question_id"]: question_fingerprint({**row, "options": options}, image, settings)
         for row, image, options in items

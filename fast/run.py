@@ -18,8 +18,6 @@ from pathlib import Path
 
 from eval.runner import (
     append_lines,
-    chunk,
-    model_signature,
     open_image,
     read_questions,
     run_items,
@@ -42,13 +40,10 @@ def config_path_for(answers_file: str | Path) -> Path:
     return p.with_name(p.stem + ".config.json")
 
 
-def agent_settings(agent: FastAgent) -> dict:
-    """What an answer depends on besides its question: the agent's config and its checkpoints' files."""
+def agent_checkpoints(agent: FastAgent) -> tuple:
+    """The checkpoints an answer depends on (their files go into each question's fingerprint)."""
     cfg = agent.config
-    return {
-        "agent": json.loads(cfg.to_json()),
-        "model": model_signature(cfg.base, cfg.switch, cfg.roi, cfg.seg, cfg.sam),
-    }
+    return (cfg.base, cfg.switch, cfg.roi, cfg.seg, cfg.sam)
 
 
 def reconcile_traces(traces_file: Path, answers_file: Path, done: set) -> None:
@@ -128,13 +123,16 @@ def _run(
     batch_size: int,
     model_id: str,
     overlay_dir: str | Path | None,
+    num_chunks: int = 1,
+    chunk_idx: int = 0,
     extra_metadata=None,
     progress: bool = True,
 ) -> dict:
     out = Path(answers_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     traces_out = Path(traces_file) if traces_file else traces_path_for(out)
-    settings = {**agent_settings(agent), "model_id": model_id}
+    # What an answer depends on besides its question: the agent's config (and its checkpoints' files).
+    settings = {"agent": json.loads(agent.config.to_json()), "model_id": model_id}
     by_id = {row["question_id"]: (row, image, text, options) for row, image, text, options in items}
     traces_by_id: dict = {}
     n_system2 = 0
@@ -164,7 +162,8 @@ def _run(
 
     summary = run_items(
         [(row, image, options) for row, image, _, options in items], out, settings, answer_batch,
-        model_id=model_id, batch_size=batch_size, load=load,
+        model_id=model_id, checkpoints=agent_checkpoints(agent), num_chunks=num_chunks, chunk_idx=chunk_idx,
+        batch_size=batch_size, load=load,
         on_open=lambda done: reconcile_traces(traces_out, out, done), on_commit=committed, desc="fast",
         progress=progress,
     )  # fmt: skip
@@ -207,13 +206,13 @@ def answer_question_file(
     """LLaVA question JSONL (`question_id`, `image`, `text`) → LLaVA answer JSONL with the trace in metadata.
 
     `batch_size`: questions per agent call (default: the agent's `config.batch_size`)."""
-    questions = chunk(read_questions(question_file), num_chunks, chunk_idx)
+    questions = read_questions(question_file)
     items = [
         (q, Path(image_folder) / q["image"] if q.get("image") else None, q["text"], None) for q in questions
     ]
     return _run(
         agent, items, answers_file, traces_file=traces_file, model_id=model_id,
-        batch_size=batch_size or agent.config.batch_size,
+        batch_size=batch_size or agent.config.batch_size, num_chunks=num_chunks, chunk_idx=chunk_idx,
         overlay_dir=overlay_dir,
     )  # fmt: skip
 
@@ -231,7 +230,7 @@ def answer_vstar(
     overlay_dir: str | Path | None = None,
 ) -> dict:
     """Likelihood multiple choice over a V*Bench folder; the summary adds accuracy (all and per category)."""
-    items = chunk(vstar_items(bench_folder), num_chunks, chunk_idx)
+    items = vstar_items(bench_folder)
 
     def extra(item: _Item, trace: Trace) -> dict:
         losses = trace.option_losses
@@ -251,7 +250,7 @@ def answer_vstar(
 
     summary = _run(
         agent, items, answers_file, traces_file=traces_file, model_id=model_id,
-        batch_size=batch_size or agent.config.batch_size,
+        batch_size=batch_size or agent.config.batch_size, num_chunks=num_chunks, chunk_idx=chunk_idx,
         overlay_dir=overlay_dir, extra_metadata=extra,
     )  # fmt: skip
     return {**summary, **vstar_summary(answers_file)}
