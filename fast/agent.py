@@ -6,8 +6,8 @@
 
 For a batch of questions every stage runs as one batch with one adapter active:
 
-1. switch: one prefill of each prompt followed by SEAL's missing-objects sentence (`SwitchStage.decide`) tells
-   whether greedy decoding would write that sentence. If not, the switch's own answer (greedy text, or
+1. switch (`SwitchStage.decide_prompts`): one prefill of each prompt followed by SEAL's missing-objects
+   sentence tells whether greedy decoding would write that sentence. If not, the switch's own answer (greedy text, or
    the options' likelihoods, from the same cache) is System 1, done. If so, its continuation names the
    objects System 2 must find. "system2_always" continues the sentence for every question, so the switch
    only names the objects. (`switch_decision="generate"` decodes and parses instead, as SEAL's probe.)
@@ -267,7 +267,7 @@ class FastAgent:
             result = clock.run(
                 "switch",
                 live,
-                lambda: switch.decide(
+                lambda: switch.decide_prompts(
                     prompts, force=forced, max_new_tokens=cfg.switch_max_new_tokens,
                     direct_rows=[k for k, i in enumerate(live) if requests[i].options is None],
                     options={k: requests[i].options for k, i in enumerate(live) if requests[i].options is not None and share_options},
@@ -345,7 +345,7 @@ class FastAgent:
         named = clock.run(
             "switch",
             unsure,
-            lambda: switch.decide(prompts, force=True, max_new_tokens=cfg.switch_max_new_tokens),
+            lambda: switch.decide_prompts(prompts, force=True, max_new_tokens=cfg.switch_max_new_tokens),
         )
         for k, i in enumerate(unsure):
             traces[i].missing_objects = switch.missing_objects(switch.missing_sentence(named.continuation[k]))

@@ -120,7 +120,7 @@ class SwitchStage(SwitchAdapter):
         return getattr(llava.model, OBJECT_PROJECTOR, None)
 
     # --- deciding -----------------------------------------------------------------------------------
-    def decide(
+    def decide_prompts(
         self,
         prompts: Sequence[Prompt],
         *,
@@ -129,7 +129,8 @@ class SwitchStage(SwitchAdapter):
         direct_rows: Sequence[int] = (),
         options: dict[int, list[str]] | None = None,
     ) -> PassResult:
-        """`decide_pass` on SEAL's missing-objects sentence."""
+        """`decide_pass` on SEAL's missing-objects sentence: the decision, the named objects and the
+        direct answers of a batch of prompts (`decide` is SEAL's generate-and-parse probe)."""
         sentence = self.tokenizer(MISSING_OBJECTS_PREFIX, add_special_tokens=False).input_ids
         return self.decide_pass(
             prompts, sentence, force=force, max_new_tokens=max_new_tokens,
