@@ -7,8 +7,8 @@
 For a batch of questions every stage runs as one batch with one adapter active:
 
 1. switch (`SwitchStage.decide_prompts`): one prefill of each prompt followed by SEAL's missing-objects
-   sentence tells whether greedy decoding would write that sentence. If not, the switch's own answer (greedy text, or
-   the options' likelihoods, from the same cache) is System 1, done. If so, its continuation names the
+   sentence tells whether greedy decoding would write that sentence. If not, the switch's own answer
+   (greedy text, or the options' likelihoods, from the same cache) is System 1, done. If so, its continuation names the
    objects System 2 must find. "system2_always" continues the sentence for every question, so the switch
    only names the objects. (`switch_decision="generate"` decodes and parses instead, as SEAL's probe.)
 2. ROI adapter, Chain-of-Spot stage 1: the region of interest for the question (global → region).
