@@ -1,12 +1,12 @@
 """Batch runners: LLaVA question JSONL → answer JSONL + traces, and V*Bench multiple choice.
 
 Both read questions and write answers through `eval.runner` (the files by `eval.qa_files`), the policy
-every runner shares: bad records fail naming file:line before the model loads, the answers file is locked against a second run, and each
-answer stores the fingerprint of its question, image, checkpoints and agent settings, so a rerun skips
-only questions answered as they are now (changed ones are answered again) and drops a line cut off by a
-kill: each question is answered exactly once. The answers file is the commit point; the traces file is
-reconciled with it on resume (lines of uncommitted questions dropped, missing ones restored from the
-answers' metadata).
+every runner shares: bad records fail naming file:line before the model loads, the answers file is
+locked against a second run, and each answer stores the fingerprint of its question, image,
+checkpoints and agent settings, so a rerun skips only questions answered as they are now (changed ones
+are answered again) and drops a line cut off by a kill: each question is answered exactly once. The
+answers file is the commit point; the traces file is reconciled with it on resume (lines of
+uncommitted questions dropped, missing ones restored from the answers' metadata).
 """
 
 from __future__ import annotations
