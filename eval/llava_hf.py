@@ -99,3 +99,67 @@ def left_pad(
         ids[i, length - len(r) + shared_prefix :] = torch.tensor(list(r[shared_prefix:]), dtype=torch.long)
         mask[i, length - len(r) + shared_prefix :] = 1
     return ids, mask
+
+
+ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+
+
+def is_adapter_dir(directory: str | Path) -> bool:
+    """A peft LoRA adapter directory (not a full model checkpoint)."""
+    return (Path(directory) / ADAPTER_CONFIG_FILE).is_file()
+
+
+def load_processor(directory: str | Path, fallback: str | Path):
+    """A checkpoint's processor (padding on, as LLaVA-1.5 trains), or `fallback`'s if it saved none."""
+    d = Path(directory)
+    has = (d / "processor_config.json").is_file() or (d / "tokenizer_config.json").is_file()
+    return llava_processor(d if has else fallback, "pad")
+
+
+def attach_lora_adapter(model, directory: str | Path, name: str, *, plain_modules: tuple[str, ...] = ()):
+    """Add the peft adapter saved in `directory` to `model` under `name`: the one attach path of every
+    sibling's stage. Returns the peft model and the weights of `plain_modules`.
+
+    Weights of `plain_modules` (listed in the adapter's `modules_to_save`) are not wrapped by peft; they
+    are returned (keys relative to the llava-hf model) for the caller to load into the one plain module.
+    Every adapter weight must land: unexpected or missing adapter keys are errors.
+    """
+    from peft import LoraConfig, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    for f in (ADAPTER_CONFIG_FILE, ADAPTER_FILE):
+        if not (d / f).is_file():
+            raise FileNotFoundError(f"not a peft adapter directory: {d / f} is missing")
+    config = LoraConfig.from_pretrained(str(d))
+    state = load_file(str(d / ADAPTER_FILE))
+    plain: dict[str, torch.Tensor] = {}
+    for key in list(state):
+        inner = key.removeprefix("base_model.model.")
+        if any(inner.startswith(f"model.{m}.") or inner.startswith(f"{m}.") for m in plain_modules):
+            plain[inner] = state.pop(key)
+    model = add_named_adapter(model, config, name, plain_modules=plain_modules)
+    result = set_peft_model_state_dict(model, state, adapter_name=name)
+    if result.unexpected_keys:
+        raise ValueError(f"{d}: adapter weights that fit no module: {result.unexpected_keys[:5]}")
+    missing = [k for k in result.missing_keys if f".{name}." in k or k.endswith(f".{name}")]
+    if missing:
+        raise ValueError(f"{d}: adapter {name!r} lacks weights for {missing[:5]}")
+    return model, plain
+
+
+def add_named_adapter(model, config, name: str, *, plain_modules: tuple[str, ...] = ()):
+    """Add a LoRA config to `model` (plain or peft) under `name`, for inference; returns the peft model.
+
+    `plain_modules` are dropped from `modules_to_save`: the caller keeps one plain copy of them.
+    """
+    from peft import PeftModel
+
+    config.inference_mode = True
+    saved = list(config.modules_to_save or [])
+    config.modules_to_save = [m for m in saved if m not in plain_modules] or None
+    if isinstance(model, PeftModel):
+        model.add_adapter(name, config)
+        return model
+    return PeftModel(model, config, adapter_name=name)

@@ -7,6 +7,7 @@ fingerprints and reports the same way. Files are read and written by `eval.qa_fi
 
     run_questions(question_file, image_folder, answers_file, solve)   # LLaVA question JSONL
     run_batches(rows, answers_file, expected, answer_batch)            # any rows with their fingerprints
+    run_items(items, answers_file, settings, answer_batch, model_id=...)   # (row, image, options) items
 """
 
 from __future__ import annotations
@@ -23,7 +24,27 @@ from typing import Any
 from tqdm import tqdm
 
 from .images import open_image
-from .qa_files import AnswersFile, fingerprints, read_questions
+from .logs import quiet_third_party
+from .qa_files import AnswersFile, fingerprints, model_signature, question_fingerprint, read_questions
+from .vstar_bench import VSTAR_DEFAULT_IMAGE_VIEW, VSTAR_IMAGE_VIEWS, vstar_items, vstar_scores
+
+# What a composed runner (the agent's `fast.run`, `fast.cli`) takes from eval: this module's loop and
+# checks, and the few names it re-exports from the modules that own them.
+__all__ = [
+    "VSTAR_DEFAULT_IMAGE_VIEW",
+    "VSTAR_IMAGE_VIEWS",
+    "append_lines",
+    "check_run_inputs",
+    "chunk",
+    "open_image",
+    "quiet_third_party",
+    "read_questions",
+    "run_batches",
+    "run_items",
+    "run_questions",
+    "vstar_items",
+    "vstar_scores",
+]
 
 
 def chunk(rows: list, num_chunks: int, chunk_idx: int) -> list:
@@ -120,6 +141,79 @@ def run_batches(
         "seconds": seconds,
         "sec_per_question": seconds / max(1, len(todo)),
     }
+
+
+def run_items(
+    items: list[tuple[dict, str | Path | None, list[str] | None]],
+    answers_file: str | Path,
+    settings: dict,
+    answer_batch: Callable[[list[dict], Any], list[tuple[str, dict]]],
+    *,
+    model_id: str,
+    checkpoints: tuple = (),
+    num_chunks: int = 1,
+    chunk_idx: int = 0,
+    **run_options,
+) -> dict:
+    """`run_batches` over chunk `chunk_idx` of (question row, image path, options) items: each
+    fingerprinted with its options, image, `settings` and the files of `checkpoints`;
+    `answer_batch(batch, loaded)` returns one (text, metadata) per row, made into LLaVA answer rows here.
+    `run_options`: `run_batches`' keywords."""
+    items = chunk(items, num_chunks, chunk_idx)
+    if checkpoints:
+        settings = {**settings, "model": model_signature(*checkpoints)}
+    expected = {
+        row["question_id"]: question_fingerprint({**row, "options": options}, image, settings)
+        for row, image, options in items
+    }
+
+    def answer_rows(batch: list[dict], loaded) -> list[dict]:
+        return [
+            answer_row(q, text, model_id, meta) for q, (text, meta) in zip(batch, answer_batch(batch, loaded))
+        ]
+
+    return run_batches([row for row, *_ in items], answers_file, expected, answer_rows, **run_options)
+
+
+def check_run_inputs(
+    checkpoints: dict[str, str | None],
+    *,
+    image: str | None = None,
+    question: str | None = None,
+    question_file: str | None = None,
+    image_folder: str | None = None,
+    bench_folder: str | None = None,
+    answers_file: str | None = None,
+):
+    """Every input of a run checked before any model loads; a bad one exits with one line (no traceback)
+    naming it (`checkpoints`: flag → path). Returns the single question's image (read here, so an
+    unreadable one fails now)."""
+    from .checks import InputError, check_checkpoint, check_dir, fail
+    from .qa_files import AnswersBusy, QuestionFileError
+
+    try:
+        for flag, path in checkpoints.items():
+            check_checkpoint(path, flag, check_base=False)
+        opened = None
+        if image is not None:
+            try:
+                opened = open_image(Path(image))
+            except OSError as e:
+                raise InputError(f"--image: {e}") from None
+        if question is not None and not question.strip():
+            raise InputError("--question is empty")
+        if question_file:
+            questions = read_questions(question_file)
+            if any(q.get("image") for q in questions):
+                check_dir(image_folder or ".", "--image-folder")
+        if bench_folder is not None:
+            check_dir(bench_folder, "--bench-folder")
+        if answers_file and (question_file or bench_folder is not None):
+            with AnswersFile(answers_file, {}, quiet=True):
+                pass
+    except (InputError, QuestionFileError, AnswersBusy, FileNotFoundError) as e:
+        raise fail(e) from None
+    return opened
 
 
 # A solver answers one batch: the question rows and, per row, its images (empty for text-only

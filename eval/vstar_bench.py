@@ -108,6 +108,24 @@ def read_vstar_bench(folder: str | Path) -> VStarBench:
     return VStarBench(questions, invalid)
 
 
+def vstar_items(bench_folder: str | Path) -> list[tuple[dict, Path | None, str, list[str]]]:
+    """V*Bench questions as (question row, image, question text, options; options[0] correct) for a
+    question-file runner; an unusable record is an error."""
+    bench = read_vstar_bench(bench_folder)
+    bench.raise_if_invalid()
+    items = []
+    for q in bench.questions:
+        row = {
+            "question_id": q.question_id,
+            "text": q.question,
+            "category": q.category,
+            "target_object": q.target_object,
+            "bbox": q.bbox,
+        }
+        items.append((row, q.image, q.question, q.options))  # a missing image is a per-question error
+    return items
+
+
 def check_image_view(view: str) -> str:
     if view not in VSTAR_IMAGE_VIEWS:
         raise ValueError(f"V*Bench image view must be one of {VSTAR_IMAGE_VIEWS}, got {view!r}")

@@ -6,9 +6,9 @@
 
 For a batch of questions every stage runs as one batch with one adapter active:
 
-1. switch: one prefill of each prompt followed by SEAL's missing-objects sentence (`swillava.switch_pass`) tells
-   whether greedy decoding would write that sentence. If not, the switch's own answer (greedy text, or
-   the options' likelihoods, from the same cache) is System 1, done. If so, its continuation names the
+1. switch (`SwitchStage.decide_prompts`): one prefill of each prompt followed by SEAL's missing-objects
+   sentence tells whether greedy decoding would write that sentence. If not, the switch's own answer
+   (greedy text, or the options' likelihoods, from the same cache) is System 1, done. If so, its continuation names the
    objects System 2 must find. "system2_always" continues the sentence for every question, so the switch
    only names the objects. (`switch_decision="generate"` decodes and parses instead, as SEAL's probe.)
 2. ROI adapter, Chain-of-Spot stage 1: the region of interest for the question (global → region).
@@ -35,23 +35,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from eval.vstar_bench import vstar_pixel_values
-from roillava.answer import build_prompt as build_llava_prompt
-from roillava.answer import generate as llava_generate
-from roillava.boxes import crop_padded, paste_region_mask, region_pixel_box
-from roillava.roi import FULL_IMAGE_BOX, parse_roi_box, stage1_prompt
-from swillava.infer import parse_missing_objects, switch_reply_kind
-from swillava.likelihood import llava_option_losses_batch
-from swillava.objects import (
-    MISSING_OBJECTS_PREFIX,
-    ObjectInstance,
-    check_box,
-    check_name,
-    evidence_question,
-    expand_objects,
-    patch_bounds,
-)
-from swillava.switch_pass import option_confidence
+from roillava.stage import BaseStage, RoiStage
+from swillava.stage import SwitchStage
 
 from .config import AgentConfig
 from .model import ROI, SEG, SWITCH, FastModel
@@ -162,30 +147,27 @@ class FastAgent:
     def _system1(self, requests, traces, live, clock) -> None:
         proc, core = self.model.base_processor, self.model.core
         with self.model.base_only() as model:
-            prompts = [
-                build_llava_prompt(
-                    self._question(requests[i]), [requests[i].image], tokenizer=proc.tokenizer,
-                    model_config=core.config, template=self.model.switch_config.template,
-                )
-                for i in live
-            ]  # fmt: skip
+            prompts = BaseStage.prompts(
+                [self._question(requests[i]) for i in live], [requests[i].image for i in live],
+                processor=proc, model_config=core.config, template=self.model.switch_config.template,
+            )  # fmt: skip
             free = [i for i in live if requests[i].options is None]
             mc = [i for i in live if requests[i].options is not None]
             by_row = dict(zip(live, prompts))
             if free:
                 texts = clock.run(
                     "system1", free,
-                    lambda: llava_generate(model, proc, [by_row[i] for i in free], max_new_tokens=self.config.answer_max_new_tokens),
+                    lambda: BaseStage.generate(model, proc, [by_row[i] for i in free], max_new_tokens=self.config.answer_max_new_tokens),
                 )  # fmt: skip
                 for i, text in zip(free, texts):
                     traces[i].answer = text
             if mc:
-                pixels = vstar_pixel_values(
+                pixels = SwitchStage.view_pixels(
                     proc.image_processor, [requests[i].image for i in mc], self.config.option_image_view
                 )
                 losses = clock.run(
                     "system1", mc,
-                    lambda: llava_option_losses_batch(
+                    lambda: SwitchStage.llava_option_losses(
                         model, proc.tokenizer, [by_row[i].input_ids for i in mc], pixels, [requests[i].options for i in mc]
                     ),
                 )  # fmt: skip
@@ -213,7 +195,7 @@ class FastAgent:
         model.use(SWITCH)
         system2 = self._decide(requests, traces, live, clock)
 
-        regions = {i: FULL_IMAGE_BOX for i in system2}
+        regions = {i: RoiStage.FULL_IMAGE_BOX for i in system2}
         if cfg.uses_roi and system2:
             self._roi(requests, traces, system2, regions, clock)
         names = {i: self._object_names(traces[i]) for i in system2}
@@ -232,7 +214,7 @@ class FastAgent:
             )
             for i, text in zip(free, answers):
                 traces[i].answer = text
-                if parse_missing_objects(text) is not None:
+                if switch.missing_objects(text) is not None:
                     traces[i].fallback(
                         "switch_answer", "still missing objects after evidence", "kept the answer"
                     )
@@ -263,7 +245,7 @@ class FastAgent:
         pixels = None
         if request.options is not None and self.config.option_image_view != "padded":
             view = self.config.option_image_view
-            pixels = vstar_pixel_values(switch.processor.image_processor, [request.image], view)[0]
+            pixels = switch.view_pixels(switch.processor.image_processor, [request.image], view)[0]
         return switch.build_prompt(request.image, self._question(request), pixel_values=pixels)
 
     def _decide(self, requests, traces, live, clock) -> list[int]:
@@ -275,7 +257,6 @@ class FastAgent:
         "generate" decodes the switch's answer as SEAL's probe does and parses it.
         """
         cfg, switch = self.config, self.model.switch
-        sentence = switch.tokenizer(MISSING_OBJECTS_PREFIX, add_special_tokens=False).input_ids
         prompts = [switch.build_prompt(requests[i].image, self._question(requests[i])) for i in live]
         forced = cfg.mode == "system2_always"
         # Options share the probe's padded prefill only when they are to be scored on that view;
@@ -286,8 +267,8 @@ class FastAgent:
             result = clock.run(
                 "switch",
                 live,
-                lambda: switch.decide_pass(
-                    prompts, sentence, force=forced, max_new_tokens=cfg.switch_max_new_tokens,
+                lambda: switch.decide_prompts(
+                    prompts, force=forced, max_new_tokens=cfg.switch_max_new_tokens,
                     direct_rows=[k for k, i in enumerate(live) if requests[i].options is None],
                     options={k: requests[i].options for k, i in enumerate(live) if requests[i].options is not None and share_options},
                 ),
@@ -295,7 +276,7 @@ class FastAgent:
             starts = dict(zip(live, result.starts))
             for k, i in enumerate(live):
                 if k in result.continuation:
-                    traces[i].switch_text = f"{MISSING_OBJECTS_PREFIX} {result.continuation[k]}"
+                    traces[i].switch_text = switch.missing_sentence(result.continuation[k])
                 elif k in result.direct:
                     traces[i].switch_text = result.direct[k]
                 if k in result.option_losses:
@@ -306,12 +287,12 @@ class FastAgent:
             result = None
             for i, text in zip(live, texts):
                 traces[i].switch_text = text
-            starts = {i: parse_missing_objects(traces[i].switch_text) is not None for i in live}
+            starts = {i: switch.missing_objects(traces[i].switch_text) is not None for i in live}
         for i in live:
             t = traces[i]
             t.decision, t.forced_system2 = how, forced
             if starts[i]:
-                t.system, t.missing_objects = "system2", parse_missing_objects(t.switch_text)
+                t.system, t.missing_objects = "system2", switch.missing_objects(t.switch_text)
                 t.route = "forced" if forced else "missing_objects"
             elif t.option_losses is None:
                 t.system, t.answer = "system1", t.switch_text or ""
@@ -347,7 +328,7 @@ class FastAgent:
         for i in rows:
             t = traces[i]
             if requests[i].options is None:
-                t.switch_reply = switch_reply_kind(t.switch_text or "")
+                t.switch_reply = switch.reply_kind(t.switch_text or "")
                 t.confidence = direct_confidence.get(i)
             if t.switch_reply == "garbled":
                 t.route = "garbled_reply"
@@ -360,55 +341,41 @@ class FastAgent:
             unsure.append(i)
         if not unsure:
             return
-        sentence = switch.tokenizer(MISSING_OBJECTS_PREFIX, add_special_tokens=False).input_ids
         prompts = [switch.build_prompt(requests[i].image, self._question(requests[i])) for i in unsure]
         named = clock.run(
             "switch",
             unsure,
-            lambda: switch.decide_pass(
-                prompts, sentence, force=True, max_new_tokens=cfg.switch_max_new_tokens
-            ),
+            lambda: switch.decide_prompts(prompts, force=True, max_new_tokens=cfg.switch_max_new_tokens),
         )
         for k, i in enumerate(unsure):
-            traces[i].missing_objects = parse_missing_objects(
-                f"{MISSING_OBJECTS_PREFIX} {named.continuation[k]}"
-            )
+            traces[i].missing_objects = switch.missing_objects(switch.missing_sentence(named.continuation[k]))
 
     def _choose(self, trace: Trace, losses: list[float]) -> None:
         trace.option_losses = losses
         if trace.system == "system1":  # the direct answer's confidence, which routing reads
-            trace.confidence = option_confidence(losses)
+            trace.confidence = SwitchStage.option_confidence(losses)
         trace.answer = trace.options[min(range(len(losses)), key=losses.__getitem__)]
 
     def _roi(self, requests, traces, rows, regions, clock) -> None:
-        # The box grammar (every box the adapter finishes is usable) unless roi_config turns it off.
-        from roillava.roi import roi_logits_processor
-
+        """Chain-of-Spot stage 1 on each row; the box grammar (every box the adapter finishes is usable)
+        unless the ROI config turns it off."""
         model = self.model
         model.use(ROI)
-        kw = {
-            "processor": model.roi_processor,
-            "model_config": model.roi_model.config,
-            "config": model.roi_config,
-        }
-        prompts = [stage1_prompt(self._roi_question(requests[i]), requests[i].image, **kw) for i in rows]
-        box_grammar = roi_logits_processor(model.roi_processor.tokenizer, model.roi_config)
-        texts = clock.run(
-            "roi", rows,
-            lambda: llava_generate(model.roi_model, model.roi_processor, prompts, max_new_tokens=model.roi_config.roi_max_new_tokens, logits_processor=box_grammar),
-        )  # fmt: skip
-        for i, text in zip(rows, texts):
-            parsed = parse_roi_box(text, model.roi_config.min_side)
+        questions = [self._roi_question(requests[i]) for i in rows]
+        texts, boxes, constrained = clock.run(
+            "roi", rows, lambda: model.roi.propose(questions, [requests[i].image for i in rows])
+        )
+        for i, text, parsed in zip(rows, texts, boxes):
             w, h = requests[i].image.size
             regions[i] = parsed.box
             traces[i].roi = {
                 "text": text,
                 "box": list(parsed.box),
-                "box_pixels": list(region_pixel_box(w, h, parsed.box)),
+                "box_pixels": list(RoiStage.pixel_box(w, h, parsed.box)),
                 "ok": parsed.ok,
                 "reason": parsed.reason,
                 "clamped": parsed.clamped,
-                "constrained": box_grammar is not None,
+                "constrained": constrained,
             }
             if not parsed.ok:
                 traces[i].fallback("roi", f"unusable ROI box: {parsed.reason}", "whole image as the region")
@@ -418,7 +385,7 @@ class FastAgent:
         names = []
         for name in trace.missing_objects or []:
             try:
-                names.append(check_name(name))
+                names.append(SwitchStage.check_name(name))
             except ValueError as e:
                 trace.fallback("switch", f"unusable object name: {e}", "dropped", name)
         if not names:
@@ -448,10 +415,10 @@ class FastAgent:
         retry = [
             (i, j, name)
             for i, j, name in jobs
-            if not outcomes[(i, j)].found and tuple(regions[i]) != FULL_IMAGE_BOX
+            if not outcomes[(i, j)].found and tuple(regions[i]) != RoiStage.FULL_IMAGE_BOX
         ]
         if retry and self.config.seg_retry_whole_image:
-            whole = dict.fromkeys((i for i, _, _ in retry), FULL_IMAGE_BOX)
+            whole = dict.fromkeys((i for i, _, _ in retry), RoiStage.FULL_IMAGE_BOX)
             for key, (mask, text) in self._segment(requests, retry, whole, clock).items():
                 before = outcomes[key]
                 why = (
@@ -472,7 +439,7 @@ class FastAgent:
         model.use(SEG)
         rows = list(dict.fromkeys(i for i, _, _ in jobs))
         index = {i: k for k, i in enumerate(rows)}
-        region_images = [crop_padded(requests[i].image, regions[i]) for i in rows]
+        region_images = [RoiStage.crop(requests[i].image, regions[i]) for i in rows]
         results = clock.run(
             "seg",
             rows,
@@ -482,7 +449,7 @@ class FastAgent:
         for (i, j, _), (region_mask, text) in zip(jobs, results):
             w, h = requests[i].image.size
             out[(i, j)] = (
-                None if region_mask is None else paste_region_mask(region_mask, w, h, regions[i]),
+                None if region_mask is None else RoiStage.paste_mask(region_mask, w, h, regions[i]),
                 text,
             )
         return out
@@ -490,7 +457,7 @@ class FastAgent:
     def _collect_evidence(self, request: Request, trace: Trace, names, region, masks, row: int) -> None:
         image = request.image
         width, height = image.size
-        region_box = region_pixel_box(width, height, region)
+        region_box = RoiStage.pixel_box(width, height, region)
         region_source = "roi" if trace.roi is not None and trace.roi["ok"] else "image"
         names = names or [self.config.fallback_object_name]
         for j, name in enumerate(names):
@@ -507,17 +474,12 @@ class FastAgent:
                 else:
                     rle, area = mask_to_rle(mask), int(mask.sum())
                     box, source = tight_box(mask), "seg"
-            box = check_box(list(box), width, height)  # always inside the image by construction
-            scale = self.model.switch_config.patch_scale
-            trace.objects.append(
-                ObjectEvidence(
-                    name, [float(v) for v in box], source, list(patch_bounds(box, width, height, scale)),
-                    seg_text, rle, area,
-                )
-            )  # fmt: skip
-        instances = [ObjectInstance(o.name, tuple(o.box)) for o in trace.objects]
-        text = "<image>\n" + evidence_question(self._question(request), len(instances))
-        trace.evidence_prompt = expand_objects([(text, None)], instances, width, height)[0][0]
+            # Always inside the image by construction; the switch's 1.2x patch around it.
+            box, patch = SwitchStage.object_box(box, width, height, self.model.switch_config.patch_scale)
+            trace.objects.append(ObjectEvidence(name, box, source, patch, seg_text, rle, area))
+        trace.evidence_prompt = SwitchStage.evidence_prompt_text(
+            self._question(request), self._objects(trace), width, height
+        )
 
     @staticmethod
     def _objects(trace: Trace) -> list[tuple[str, list[float]]]:

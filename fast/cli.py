@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from eval.vstar_bench import VSTAR_IMAGE_VIEWS
+from eval.runner import VSTAR_IMAGE_VIEWS, check_run_inputs, quiet_third_party
 
 from .agent import FastAgent
 from .config import BITS, DTYPES, EVIDENCE_MODES, AgentConfig
@@ -138,36 +138,18 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 
 def check_cli_inputs(args: argparse.Namespace):
-    """Every input checked before any model loads; a bad one exits with one line (no traceback) naming it.
-    Returns the single question's image (read here, so an unreadable one fails now)."""
-    from eval.checks import InputError, check_checkpoint, check_dir, fail
-    from eval.qa_files import AnswersBusy, AnswersFile, QuestionFileError, read_questions
-
-    try:
-        for flag in ("base", "switch", "roi", "seg", "sam"):
-            check_checkpoint(getattr(args, flag), f"--{flag}", check_base=False)
-        image = None
-        if args.image is not None:
-            from eval.images import open_image
-
-            try:
-                image = open_image(Path(args.image))
-            except OSError as e:
-                raise InputError(f"--image: {e}") from None
-        if args.question is not None and not args.question.strip():
-            raise InputError("--question is empty")
-        if args.question_file:
-            questions = read_questions(args.question_file)
-            if any(q.get("image") for q in questions):
-                check_dir(args.image_folder or ".", "--image-folder")
-        if args.vstar:
-            check_dir(args.bench_folder, "--bench-folder")
-        if args.answers_file and (args.question_file or args.vstar):
-            with AnswersFile(args.answers_file, {}, quiet=True):
-                pass
-    except (InputError, QuestionFileError, AnswersBusy, FileNotFoundError) as e:
-        raise fail(e) from None
-    return image
+    """Every input checked before any model loads (`eval.runner.check_run_inputs`); a bad one exits with
+    one line (no traceback) naming it. Returns the single question's image (read here, so an unreadable
+    one fails now)."""
+    return check_run_inputs(
+        {f"--{flag}": getattr(args, flag) for flag in ("base", "switch", "roi", "seg", "sam")},
+        image=args.image,
+        question=args.question,
+        question_file=args.question_file,
+        image_folder=args.image_folder,
+        bench_folder=args.bench_folder if args.vstar else None,
+        answers_file=args.answers_file,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -185,8 +167,6 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--vstar needs --bench-folder")
     if args.temperature != 0:
         p.error("only greedy decoding is supported (--temperature 0)")
-    from eval.logs import quiet_third_party
-
     quiet_third_party(args.verbose or None)
     image = check_cli_inputs(args)
     try:

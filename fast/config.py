@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from eval.vstar_bench import VSTAR_DEFAULT_IMAGE_VIEW, VSTAR_IMAGE_VIEWS
+from eval.runner import VSTAR_DEFAULT_IMAGE_VIEW, VSTAR_IMAGE_VIEWS
 
 EVIDENCE_MODES = ("roi", "seg", "roi+seg")
 MODES = ("fast", "system2_always", "system1")
@@ -115,9 +115,9 @@ class AgentConfig:
     @property
     def torch_dtype(self):
         """`dtype` resolved for `device`."""
-        from roillava.model import inference_dtype
+        from roillava.stage import BaseStage
 
-        return inference_dtype(self.dtype, self.device)
+        return BaseStage.inference_dtype(self.dtype, self.device)
 
     @property
     def uses_roi(self) -> bool:

@@ -14,7 +14,11 @@ from dataclasses import dataclass
 import torch
 from transformers import LlavaForConditionalGeneration, SamModel
 
-from .model import MemoryReport, add_named_adapter, memory_report, unique_parameter_count
+from roillava.stage import RoiStage
+from segllava.segmenter import Segmenter
+from swillava.stage import SwitchStage
+
+from .model import MemoryReport, memory_report, unique_parameter_count
 
 
 @dataclass(frozen=True)
@@ -45,14 +49,8 @@ PROJECTOR_COPIES_AND_FULL_EMBEDDINGS = AgentRecipe(
 
 
 def _lora_configs(llava_config, sam_config, tokenizer, recipe: AgentRecipe) -> dict:
-    """The peft LoRA config each sibling's builder makes (built on throwaway one-layer meta models: a
-    LoRA config names modules, not layers)."""
-    from roillava.model import add_lora as roi_add_lora
-    from segllava.model import SegConfig, build_seg_llava, ensure_seg_tokens
-    from segllava.train import SegTrainArgs, set_trainable
-    from swillava.model import SwiConfig, build_switch
-    from swillava.model import add_lora as switch_add_lora
-
+    """The peft LoRA config each sibling's stage makes with its trainer's settings (built on throwaway
+    one-layer meta models: a LoRA config names modules, not layers)."""
     llava_config = copy.deepcopy(llava_config)
     llava_config.text_config.num_hidden_layers = 1
     llava_config.vision_config.num_hidden_layers = 1
@@ -60,31 +58,17 @@ def _lora_configs(llava_config, sam_config, tokenizer, recipe: AgentRecipe) -> d
     sam_config.vision_config.num_hidden_layers = 1
     sam_config.vision_config.global_attn_indexes = [0]
     configs = {}
-    swi = build_switch(LlavaForConditionalGeneration(llava_config), copy.deepcopy(tokenizer), SwiConfig())
-    switch_add_lora(
-        swi, r=recipe.lora_r, alpha=recipe.lora_alpha, dropout=0.05,
-        freeze_mlp_projector=recipe.switch_shares_projector,
+    configs["switch"] = SwitchStage.lora_config(
+        llava_config, tokenizer, r=recipe.lora_r, alpha=recipe.lora_alpha,
+        shares_projector=recipe.switch_shares_projector,
     )  # fmt: skip
-    configs["switch"] = swi.llava.peft_config["default"]
-    roi = roi_add_lora(
-        LlavaForConditionalGeneration(llava_config), r=recipe.lora_r, alpha=recipe.lora_alpha, dropout=0.05,
-        freeze_projector=recipe.roi_shares_projector,
-    )  # fmt: skip
-    configs["roi"] = roi.peft_config["default"]
-    seg_tok = copy.deepcopy(tokenizer)
-    llava = LlavaForConditionalGeneration(llava_config)
-    new_ids = ensure_seg_tokens(seg_tok, llava, True)
-    sam = SamModel(sam_config)
-    seg = build_seg_llava(
-        llava, sam, seg_tok, SegConfig(out_dim=sam_config.prompt_encoder_config.hidden_size)
+    configs["roi"] = RoiStage.lora_config(
+        llava_config, r=recipe.lora_r, alpha=recipe.lora_alpha, shares_projector=recipe.roi_shares_projector
     )
-    args = SegTrainArgs(
-        lora_r=recipe.seg_lora_r, lora_alpha=recipe.seg_lora_alpha, lora_dropout=0.05,
-        lora_target_modules=recipe.seg_lora_targets, train_embeddings=recipe.seg_train_embeddings,
+    configs["seg"], configs["seg_tokenizer"] = Segmenter.lora_config(
+        llava_config, sam_config, tokenizer, r=recipe.seg_lora_r, alpha=recipe.seg_lora_alpha,
+        targets=recipe.seg_lora_targets, train_embeddings=recipe.seg_train_embeddings,
     )  # fmt: skip
-    set_trainable(seg, args, new_ids)
-    configs["seg"] = seg.llava.peft_config["default"]
-    configs["seg_tokenizer"] = seg_tok
     return configs
 
 
@@ -92,27 +76,17 @@ def agent_memory_on_meta(
     llava_config, sam_config, tokenizer, recipe: AgentRecipe = SCRIPT_DEFAULTS
 ) -> MemoryReport:
     """Resident parameters of the composed agent for these model configs, counted on the meta device."""
-    from segllava.model import build_text_hidden_fcs, ensure_seg_tokens
-    from swillava.model import OBJECT_PROJECTOR, SwiConfig, attach_object_projector
-
     with torch.device("meta"):
         configs = _lora_configs(llava_config, sam_config, tokenizer, recipe)
         llava = LlavaForConditionalGeneration(llava_config)
         base_count = unique_parameter_count(llava)
-        if len(configs["seg_tokenizer"]) > llava.get_input_embeddings().num_embeddings:
-            raise ValueError("the seg tokens do not fit the base's embedding rows; the agent cannot share it")
-        ensure_seg_tokens(copy.deepcopy(configs["seg_tokenizer"]), llava, True)
+        Segmenter.add_tokens(llava, configs["seg_tokenizer"])
         sam = SamModel(sam_config)
         # As FastModel: the object projector as one plain module, then the adapters by name.
-        attach_object_projector(llava, SwiConfig().object_projector)
-        peft = add_named_adapter(llava, configs["switch"], "switch", plain_modules=(OBJECT_PROJECTOR,))
-        peft = add_named_adapter(peft, configs["roi"], "roi")
-        peft = add_named_adapter(peft, configs["seg"], "seg")
-        heads = [
-            build_text_hidden_fcs(
-                llava_config.text_config.hidden_size, sam_config.prompt_encoder_config.hidden_size
-            )
-        ]
+        peft = SwitchStage.add_config(llava, configs["switch"])
+        peft = RoiStage.add_config(peft, configs["roi"])
+        peft = Segmenter.add_config(peft, configs["seg"])
+        heads = Segmenter.heads_for(llava_config, sam_config)
         return memory_report(peft, llava, sam, heads, base_count)
 
 

@@ -23,22 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from roillava.model import llava_processor, load_base
-from roillava.roi import RoiConfig
-from roillava.wording import recorded_template, resolve_roi_wording
-from swillava.conversation import OBJECT_PLACEHOLDER
-from swillava.infer import SwitchAdapter
-from swillava.model import OBJECT_PROJECTOR, SwiConfig, SwiLLaVA, attach_object_projector, load_switch
+from roillava.stage import BaseStage, RoiStage
+from segllava.segmenter import Segmenter
+from swillava.stage import SwitchStage
 
 from .config import AgentConfig
 from .vision_cache import VisionMemo
 
-ADAPTER_FILE = "adapter_model.safetensors"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-SWITCH, ROI, SEG = "switch", "roi", "seg"
+SWITCH, ROI, SEG = SwitchStage.ADAPTER, RoiStage.ADAPTER, Segmenter.ADAPTER
 IMAGE_PLACEHOLDER = "<image>"
 
 
@@ -102,63 +96,6 @@ def check_token_ids(
     return ids, notes
 
 
-def load_processor(directory: str | Path, fallback: str | Path):
-    """A checkpoint's processor (padding on, as LLaVA-1.5 trains), or the base's if it saved none."""
-    d = Path(directory)
-    has = (d / "processor_config.json").is_file() or (d / "tokenizer_config.json").is_file()
-    return llava_processor(d if has else fallback, "pad")
-
-
-def attach_lora_adapter(
-    model: nn.Module, directory: str | Path, name: str, *, plain_modules: tuple[str, ...] = ()
-) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """Add the peft adapter saved in `directory` to `model` under `name`; returns the peft model.
-
-    Weights of `plain_modules` (listed in the adapter's `modules_to_save`) are not wrapped by peft; they
-    are returned (keys relative to the llava-hf model) for the caller to load into the one plain module.
-    Every adapter weight must land: unexpected or missing adapter keys are errors.
-    """
-    from peft import LoraConfig, set_peft_model_state_dict
-
-    d = Path(directory)
-    for f in (ADAPTER_CONFIG_FILE, ADAPTER_FILE):
-        if not (d / f).is_file():
-            raise FileNotFoundError(f"not a peft adapter directory: {d / f} is missing")
-    config = LoraConfig.from_pretrained(str(d))
-    state = load_file(str(d / ADAPTER_FILE))
-    plain: dict[str, torch.Tensor] = {}
-    for key in list(state):
-        inner = key.removeprefix("base_model.model.")
-        if any(inner.startswith(f"model.{m}.") or inner.startswith(f"{m}.") for m in plain_modules):
-            plain[inner] = state.pop(key)
-    model = add_named_adapter(model, config, name, plain_modules=plain_modules)
-    result = set_peft_model_state_dict(model, state, adapter_name=name)
-    if result.unexpected_keys:
-        raise ValueError(f"{d}: adapter weights that fit no module: {result.unexpected_keys[:5]}")
-    missing = [k for k in result.missing_keys if f".{name}." in k or k.endswith(f".{name}")]
-    if missing:
-        raise ValueError(f"{d}: adapter {name!r} lacks weights for {missing[:5]}")
-    return model, plain
-
-
-def add_named_adapter(
-    model: nn.Module, config, name: str, *, plain_modules: tuple[str, ...] = ()
-) -> nn.Module:
-    """Add a LoRA config to `model` (plain or peft) under `name`, for inference; returns the peft model.
-
-    `plain_modules` are dropped from `modules_to_save`: the caller keeps one plain copy of them.
-    """
-    from peft import PeftModel
-
-    config.inference_mode = True
-    saved = list(config.modules_to_save or [])
-    config.modules_to_save = [m for m in saved if m not in plain_modules] or None
-    if isinstance(model, PeftModel):
-        model.add_adapter(name, config)
-        return model
-    return PeftModel(model, config, adapter_name=name)
-
-
 def unique_parameter_count(*modules: nn.Module | None) -> int:
     """Elements of all distinct parameter storages (shared or tied tensors count once)."""
     seen: set[tuple[int, int, tuple]] = set()
@@ -207,30 +144,14 @@ class MemoryReport:
         )
 
 
-def read_roi_config(
-    directory: str | Path, *, max_new_tokens: int, wording: str | None = None
-) -> tuple[RoiConfig, str]:
-    """The ROI prompt (wording, template) to ask the adapter with, and why that wording.
-
-    The template is the one the adapter records (`roillava.wording.recorded_template`); the wording is
-    `wording` when given, else the one the adapter records, else Chain-of-Spot's evaluation wording.
-    """
-    wording, why = resolve_roi_wording(directory, wording)
-    template = recorded_template(directory)
-    return RoiConfig(wording=wording, template=template, roi_max_new_tokens=max_new_tokens), why
+# The ROI prompt the agent asks with (RoiLLaVA's recorded settings); here for the agent's callers.
+read_roi_config = RoiStage.read_config
 
 
 def is_standalone(stage: str, directory: str | Path) -> bool:
     """A stage checkpoint with its own full model (converted released weights, merged adapters), not a LoRA
     adapter on the base: it runs as a separate model, with its own vision tower and vocabulary."""
-    d = Path(directory)
-    if stage == SWITCH:
-        return SwiConfig.load(d).weights == "full"
-    if stage == SEG:
-        from segllava.model import SegConfig
-
-        return SegConfig.load(d).weights == "full"
-    return not (d / ADAPTER_CONFIG_FILE).is_file()
+    return {SWITCH: SwitchStage, ROI: RoiStage, SEG: Segmenter}[stage].is_standalone(directory)
 
 
 class FastModel:
@@ -239,9 +160,9 @@ class FastModel:
     def __init__(self, config: AgentConfig):
         self.config = config
         # Straight to the device (a 7B model never sits in host RAM first); 4/8-bit: the LM's linears only.
-        llava = load_base(config.base, dtype=config.torch_dtype, bits=config.bits, device=config.device)
+        llava = BaseStage.load(config.base, dtype=config.torch_dtype, bits=config.bits, device=config.device)
         base_count = unique_parameter_count(llava)
-        self.base_processor = load_processor(config.base, config.base)
+        self.base_processor = BaseStage.processor_for(config.base, config.base)
         self.core = llava
         core_config = llava.config
         # Read before peft wraps the embeddings (seg may train rows of its new tokens).
@@ -249,7 +170,7 @@ class FastModel:
 
         # --- switch: LoRA + its projector copy; the object projector as one plain module. A stage given as a
         # full checkpoint (e.g. converted SEAL / Chain-of-Spot / LISA weights) runs as its own model instead.
-        self.switch_config = SwiConfig.load(config.switch)
+        self.switch_config = SwitchStage.read_config(config.switch)
         self.standalone: dict[str, nn.Module] = {}
         standalone = {
             name
@@ -258,22 +179,20 @@ class FastModel:
         }
         processors, required = {}, {}
         if SWITCH in standalone:
-            swi, switch_processor = load_switch(
+            swi, switch_processor = SwitchStage.load_standalone(
                 config.switch, dtype=config.torch_dtype, bits=config.bits, device=config.device
             )
             self.standalone[SWITCH] = swi
         else:
-            switch_processor = load_processor(config.switch, config.base)
+            switch_processor = SwitchStage.processor_for(config.switch, config.base)
             processors[SWITCH] = switch_processor
-            required[SWITCH] = (OBJECT_PLACEHOLDER,)
+            required[SWITCH] = SwitchStage.REQUIRED_TOKENS
         if config.roi and ROI not in standalone:
-            processors[ROI] = load_processor(config.roi, config.base)
+            processors[ROI] = BaseStage.processor_for(config.roi, config.base)
         self.seg_stage = None
         if config.seg and SEG not in standalone:
-            from .seg import SEG_TOKEN
-
-            processors[SEG] = load_processor(config.seg, config.base)
-            required[SEG] = (SEG_TOKEN,)
+            processors[SEG] = Segmenter.processor_for(config.seg, config.base)
+            required[SEG] = Segmenter.REQUIRED_TOKENS
         self.token_ids, self.token_notes = check_token_ids(
             self.base_processor.tokenizer,
             {k: p.tokenizer for k, p in processors.items()},
@@ -283,38 +202,31 @@ class FastModel:
         )
         peft_model = llava
         if SWITCH not in standalone:
-            object_projector = attach_object_projector(llava, self.switch_config.object_projector)
-            peft_model, plain = attach_lora_adapter(
-                llava, config.switch, SWITCH, plain_modules=(OBJECT_PROJECTOR,)
-            )
-            prefix = f"model.{OBJECT_PROJECTOR}."
-            object_state = {k.removeprefix(prefix): v for k, v in plain.items() if k.startswith(prefix)}
-            if not object_state:
-                raise ValueError(f"{config.switch}: the switch adapter holds no {OBJECT_PROJECTOR} weights")
-            object_projector.load_state_dict(object_state, strict=True)
+            peft_model = SwitchStage.attach_adapter(llava, config.switch, self.switch_config)
 
+        self.roi: RoiStage | None = None
         if config.roi:
-            self.roi_config, self.roi_wording_source = read_roi_config(
+            roi_config, wording_source = RoiStage.read_config(
                 config.roi, max_new_tokens=config.roi_max_new_tokens, wording=config.roi_wording
             )
             if ROI in standalone:
-                from roillava.answer import load_for_inference
-
-                self.standalone[ROI], self.roi_processor = load_for_inference(
+                roi_model, roi_processor = RoiStage.load_standalone(
                     config.roi, dtype=config.torch_dtype, bits=config.bits, device=config.device
                 )
+                self.standalone[ROI] = roi_model
             else:
-                peft_model, _ = attach_lora_adapter(peft_model, config.roi, ROI)
-                self.roi_processor = processors[ROI]
+                peft_model = RoiStage.attach_adapter(peft_model, config.roi)
+                roi_processor = processors[ROI]
+            self.roi = RoiStage(None, roi_processor, roi_config, wording_source)
         self.sam = None
         if config.seg:
-            from .seg import SEG_TOKEN, SegStage
+            from .seg import SegStage
 
             if SEG in standalone:
                 self.seg_stage = SegStage.standalone(config)
                 self.standalone[SEG] = self.seg_stage.seg
             else:
-                self.seg_stage = SegStage.attach(peft_model, config, self.token_ids[SEG][SEG_TOKEN])
+                self.seg_stage = SegStage.attach(peft_model, config, self.token_ids[SEG][Segmenter.SEG_TOKEN])
             self.sam = self.seg_stage.sam
 
         self.peft = peft_model.eval()
@@ -322,11 +234,17 @@ class FastModel:
         for name, module in self.standalone.items():
             if name != SEG:  # the seg stage moves itself
                 module.to(config.device).eval().requires_grad_(False)
-        if SWITCH in standalone:
-            swi = self.standalone[SWITCH]
-        else:
-            swi = SwiLLaVA(self.peft, self.switch_config, self.token_ids[SWITCH][OBJECT_PLACEHOLDER])
-        self.switch = SwitchAdapter(swi, switch_processor, max_new_tokens=config.switch_max_new_tokens)
+        if self.roi is not None:  # the model the ROI stage generates with: the shared one or its own
+            self.roi.model = self.standalone.get(ROI, self.peft)
+        self.switch = SwitchStage.on(
+            self.standalone.get(SWITCH, self.peft),
+            self.switch_config,
+            switch_processor,
+            object_token_id=None
+            if SWITCH in standalone
+            else self.token_ids[SWITCH][SwitchStage.REQUIRED_TOKENS[0]],
+            max_new_tokens=config.switch_max_new_tokens,
+        )
         if self.seg_stage is not None:
             self.seg_stage.to(config.device)
             self.seg_stage.seg.requires_grad_(False)
@@ -346,6 +264,18 @@ class FastModel:
     def roi_model(self) -> nn.Module:
         """The model the ROI stage generates with: the shared one (under "roi") or its own full model."""
         return self.standalone.get(ROI, self.peft)
+
+    @property
+    def roi_config(self):
+        return self.roi.config
+
+    @property
+    def roi_processor(self):
+        return self.roi.processor
+
+    @property
+    def roi_wording_source(self) -> str:
+        return self.roi.wording_source
 
     def use(self, name: str) -> None:
         """Activate one adapter (its LoRA and its projector copy) for the next stage."""
@@ -403,7 +333,7 @@ def memory_report(
             breakdown[f"{name}_other"] = other  # e.g. seg's trained rows of its new tokens
     for name, module in standalone.items():
         breakdown[f"{name}_standalone"] = unique_parameter_count(module)
-    breakdown["object_projector"] = unique_parameter_count(getattr(core.model, OBJECT_PROJECTOR, None))
+    breakdown["object_projector"] = unique_parameter_count(SwitchStage.object_projector_of(core))
     if extra:
         breakdown["seg_heads"] = unique_parameter_count(*extra)
     return MemoryReport(agent, base_count + sam_count, breakdown)

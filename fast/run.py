@@ -1,12 +1,12 @@
 """Batch runners: LLaVA question JSONL → answer JSONL + traces, and V*Bench multiple choice.
 
-Both read questions and write answers with `eval.qa_files`, the policy every runner shares: bad records
-fail naming file:line before the model loads, the answers file is locked against a second run, and each
-answer stores the fingerprint of its question, image, checkpoints and agent settings, so a rerun skips
-only questions answered as they are now (changed ones are answered again) and drops a line cut off by a
-kill: each question is answered exactly once. The answers file is the commit point; the traces file is
-reconciled with it on resume (lines of uncommitted questions dropped, missing ones restored from the
-answers' metadata).
+Both read questions and write answers through `eval.runner` (the files by `eval.qa_files`), the policy
+every runner shares: bad records fail naming file:line before the model loads, the answers file is
+locked against a second run, and each answer stores the fingerprint of its question, image,
+checkpoints and agent settings, so a rerun skips only questions answered as they are now (changed ones
+are answered again) and drops a line cut off by a kill: each question is answered exactly once. The
+answers file is the commit point; the traces file is reconciled with it on resume (lines of
+uncommitted questions dropped, missing ones restored from the answers' metadata).
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.images import open_image
-from eval.qa_files import model_signature, question_fingerprint
-from eval.qa_files import read_questions as read_question_file
-from eval.runner import answer_row, append_lines, chunk, run_batches
-from eval.vstar_bench import read_vstar_bench, vstar_scores
-from roillava.roi import split_instruction
+from eval.runner import (
+    append_lines,
+    open_image,
+    read_questions,
+    run_items,
+    vstar_items,
+    vstar_scores,
+)
+from roillava.stage import BaseStage
 
 from .agent import FastAgent, Request
 from .trace import Trace, draw_overlay
@@ -37,18 +40,10 @@ def config_path_for(answers_file: str | Path) -> Path:
     return p.with_name(p.stem + ".config.json")
 
 
-def read_questions(question_file: str | Path) -> list[dict]:
-    """LLaVA question JSONL, checked by `eval.qa_files.read_questions` (errors name file and line)."""
-    return read_question_file(question_file)
-
-
-def agent_settings(agent: FastAgent) -> dict:
-    """What an answer depends on besides its question: the agent's config and its checkpoints' files."""
+def agent_checkpoints(agent: FastAgent) -> tuple:
+    """The checkpoints an answer depends on (their files go into each question's fingerprint)."""
     cfg = agent.config
-    return {
-        "agent": json.loads(cfg.to_json()),
-        "model": model_signature(cfg.base, cfg.switch, cfg.roi, cfg.seg, cfg.sam),
-    }
+    return (cfg.base, cfg.switch, cfg.roi, cfg.seg, cfg.sam)
 
 
 def reconcile_traces(traces_file: Path, answers_file: Path, done: set) -> None:
@@ -85,7 +80,7 @@ def _load_requests(items: list[tuple[dict, Path | None, str, list[str] | None]])
     for row, image_path, text, options in items:
         # A protocol instruction at the end of the text (ScienceQA's option-letter line) stays out of
         # the ROI adapter's quoted question (`Request.instruction`).
-        question, instruction = split_instruction(text, row.get("instruction"))
+        question, instruction = BaseStage.split_instruction(text, row.get("instruction"))
         image, error = None, None
         if image_path is not None:
             try:
@@ -111,11 +106,12 @@ def _load_requests(items: list[tuple[dict, Path | None, str, list[str] | None]])
     return loaded
 
 
-def _answer_row(item: _Item, trace: Trace, model_id: str, extra: dict | None = None) -> dict:
+def _answer(item: _Item, trace: Trace, extra: dict | None = None) -> tuple[str, dict]:
+    """The answer's text and metadata (the trace, the System used, the request's error)."""
     meta = {"system": trace.system, **(extra or {}), "trace": trace.to_dict()}
     if item.request.error:
         meta["error"] = item.request.error
-    return answer_row(item.row, trace.answer, model_id, meta)
+    return trace.answer, meta
 
 
 def _run(
@@ -127,30 +123,29 @@ def _run(
     batch_size: int,
     model_id: str,
     overlay_dir: str | Path | None,
+    num_chunks: int = 1,
+    chunk_idx: int = 0,
     extra_metadata=None,
     progress: bool = True,
 ) -> dict:
     out = Path(answers_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     traces_out = Path(traces_file) if traces_file else traces_path_for(out)
-    settings = {**agent_settings(agent), "model_id": model_id}
+    # What an answer depends on besides its question: the agent's config (and its checkpoints' files).
+    settings = {"agent": json.loads(agent.config.to_json()), "model_id": model_id}
     by_id = {row["question_id"]: (row, image, text, options) for row, image, text, options in items}
-    expected = {
-        row["question_id"]: question_fingerprint({**row, "options": options}, image, settings)
-        for row, image, _, options in items
-    }
     traces_by_id: dict = {}
     n_system2 = 0
 
     def load(batch: list[dict]) -> list[_Item]:
         return _load_requests([by_id[row["question_id"]] for row in batch])
 
-    def answer_batch(batch: list[dict], loaded: list[_Item]) -> list[dict]:
+    def answer_batch(batch: list[dict], loaded: list[_Item]) -> list[tuple[str, dict]]:
         traces = agent.answer_batch([it.request for it in loaded])
         for it, tr in zip(loaded, traces):
             traces_by_id[it.row["question_id"]] = (it, tr)
         return [
-            _answer_row(it, tr, model_id, extra_metadata(it, tr) if extra_metadata else None)
+            _answer(it, tr, extra_metadata(it, tr) if extra_metadata else None)
             for it, tr in zip(loaded, traces)
         ]
 
@@ -165,8 +160,10 @@ def _run(
                 if tr.system == "system2" and it.request.image is not None:
                     save_overlay(it.request.image, tr, overlay_dir)
 
-    summary = run_batches(
-        [row for row, *_ in items], out, expected, answer_batch, batch_size=batch_size, load=load,
+    summary = run_items(
+        [(row, image, options) for row, image, _, options in items], out, settings, answer_batch,
+        model_id=model_id, checkpoints=agent_checkpoints(agent), num_chunks=num_chunks, chunk_idx=chunk_idx,
+        batch_size=batch_size, load=load,
         on_open=lambda done: reconcile_traces(traces_out, out, done), on_commit=committed, desc="fast",
         progress=progress,
     )  # fmt: skip
@@ -209,32 +206,15 @@ def answer_question_file(
     """LLaVA question JSONL (`question_id`, `image`, `text`) → LLaVA answer JSONL with the trace in metadata.
 
     `batch_size`: questions per agent call (default: the agent's `config.batch_size`)."""
-    questions = chunk(read_questions(question_file), num_chunks, chunk_idx)
+    questions = read_questions(question_file)
     items = [
         (q, Path(image_folder) / q["image"] if q.get("image") else None, q["text"], None) for q in questions
     ]
     return _run(
         agent, items, answers_file, traces_file=traces_file, model_id=model_id,
-        batch_size=batch_size or agent.config.batch_size,
+        batch_size=batch_size or agent.config.batch_size, num_chunks=num_chunks, chunk_idx=chunk_idx,
         overlay_dir=overlay_dir,
     )  # fmt: skip
-
-
-def vstar_items(bench_folder: str | Path) -> list[tuple[dict, Path | None, str, list[str]]]:
-    """V*Bench questions (`eval.vstar_bench`, options[0] correct); an unusable record is an error."""
-    bench = read_vstar_bench(bench_folder)
-    bench.raise_if_invalid()
-    items = []
-    for q in bench.questions:
-        row = {
-            "question_id": q.question_id,
-            "text": q.question,
-            "category": q.category,
-            "target_object": q.target_object,
-            "bbox": q.bbox,
-        }
-        items.append((row, q.image, q.question, q.options))  # a missing image is a per-question error
-    return items
 
 
 def answer_vstar(
@@ -250,7 +230,7 @@ def answer_vstar(
     overlay_dir: str | Path | None = None,
 ) -> dict:
     """Likelihood multiple choice over a V*Bench folder; the summary adds accuracy (all and per category)."""
-    items = chunk(vstar_items(bench_folder), num_chunks, chunk_idx)
+    items = vstar_items(bench_folder)
 
     def extra(item: _Item, trace: Trace) -> dict:
         losses = trace.option_losses
@@ -270,7 +250,7 @@ def answer_vstar(
 
     summary = _run(
         agent, items, answers_file, traces_file=traces_file, model_id=model_id,
-        batch_size=batch_size or agent.config.batch_size,
+        batch_size=batch_size or agent.config.batch_size, num_chunks=num_chunks, chunk_idx=chunk_idx,
         overlay_dir=overlay_dir, extra_metadata=extra,
     )  # fmt: skip
     return {**summary, **vstar_summary(answers_file)}

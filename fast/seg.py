@@ -11,11 +11,13 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-from segllava.segmenter import SEG_TOKEN, Segmenter, SegmentOptions
+from segllava.segmenter import Segmenter, SegmentOptions
 
 from .config import AgentConfig
 
 __all__ = ["SEG_TOKEN", "SegStage"]
+
+SEG_TOKEN = Segmenter.SEG_TOKEN
 
 
 def segment_options(config: AgentConfig) -> SegmentOptions:

@@ -31,15 +31,29 @@ from pathlib import Path
 
 from PIL import Image
 
-from playground.demo import AGENT_KNOBS, CKPT
-
 from .agent import FastAgent
 from .cli import build_parser as build_cli_parser
 from .cli import config_from_args
 from .config import AgentConfig
 from .trace import Trace, draw_overlay
 
-DEMO_CHECKPOINTS = CKPT
+
+def demo_checkpoints() -> Path:
+    """The demo's checkpoint folder: `DEMO_CHECKPOINTS` when set (a test does), else the playground's
+    (imported only when asked: the page does not need the playground to serve given checkpoints)."""
+    if "DEMO_CHECKPOINTS" in globals():
+        return globals()["DEMO_CHECKPOINTS"]
+    from playground.demo import CKPT
+
+    return CKPT
+
+
+def __getattr__(name: str):
+    if name == "DEMO_CHECKPOINTS":
+        return demo_checkpoints()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # `python -m fast` options that choose what to answer: the page asks the questions instead.
 BATCH_ONLY = ("image", "question", "question_file", "vstar", "bench_folder", "answers_file", "options")
 NOT_FOR_THE_PAGE = (
@@ -83,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest in ("base", "switch", "roi", "seg"):
             action.required = False
             action.default = None
-            where = DEMO_CHECKPOINTS / ("system1" if action.dest == "base" else action.dest)
+            where = demo_checkpoints() / ("system1" if action.dest == "base" else action.dest)
             action.help = f"{action.help or 'adapter'} (default: the demo's, {where})"
         elif action.dest in BATCH_ONLY + NOT_FOR_THE_PAGE:
             action.help = argparse.SUPPRESS
@@ -106,9 +120,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[AgentConfig, WebOptions]:
             "the page asks its own questions; drop " + ", ".join("--" + g.replace("_", "-") for g in given)
         )
     if args.base is None:
-        if not (DEMO_CHECKPOINTS / "seg").is_dir():
+        if not (demo_checkpoints() / "seg").is_dir():
             p.error(
-                f"no checkpoints given and the demo's are missing ({DEMO_CHECKPOINTS}): run `make demo` "
+                f"no checkpoints given and the demo's are missing ({demo_checkpoints()}): run `make demo` "
                 "first, or pass --base/--switch/--roi/--seg"
             )
         p.set_defaults(**demo_defaults())
@@ -120,13 +134,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[AgentConfig, WebOptions]:
 
 def demo_defaults() -> dict:
     """The demo's checkpoints, and its questions asked as the toy adapters were trained."""
+    from playground.demo import AGENT_KNOBS
     from playground.toyworld import SHORT_ANSWER_SUFFIX
 
     return {
-        "base": str(DEMO_CHECKPOINTS / "system1"),
-        "switch": str(DEMO_CHECKPOINTS / "switch"),
-        "roi": str(DEMO_CHECKPOINTS / "roi"),
-        "seg": str(DEMO_CHECKPOINTS / "seg"),
+        "base": str(demo_checkpoints() / "system1"),
+        "switch": str(demo_checkpoints() / "switch"),
+        "roi": str(demo_checkpoints() / "roi"),
+        "seg": str(demo_checkpoints() / "seg"),
         "switch_max_new_tokens": AGENT_KNOBS["switch_max_new_tokens"],
         "roi_max_new_tokens": AGENT_KNOBS["roi_max_new_tokens"],
         "answer_max_new_tokens": AGENT_KNOBS["answer_max_new_tokens"],
@@ -186,7 +201,7 @@ def message(text: str) -> str:
 
 def read_upload(payload) -> tuple[Image.Image | None, str | None]:
     """The uploaded image (RGB), or a message saying why it cannot be used."""
-    from eval.images import open_image
+    from eval.runner import open_image
 
     if payload is None:
         return None, "upload an image or pick an example first."

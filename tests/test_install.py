@@ -89,3 +89,69 @@ def test_siblings_import_no_sibling_and_eval_imports_none():
         if bad:
             problems.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
     assert not problems, problems
+
+
+# What fast/ may take from the siblings and eval: each sibling's stage module and eval's runner. The
+# issue's target is at most 8 names from at most 4 modules; 15 names is where it stands (the stage
+# classes, SegmentOptions, and ten of eval.runner's: the run loop, input checks, question and V*Bench
+# reading, V*Bench scoring, image opening, quiet logs, the image views), so any new name fails here.
+FAST_MAX_NAMES, FAST_MAX_MODULES = 15, 4
+
+
+def _fast_imports() -> tuple[set[tuple[str, str]], list[str]]:
+    """(module, name) pairs fast/ imports from the siblings and eval, and the problems found on the way:
+    a whole module imported (its every name then hides behind one), a private name imported or read
+    off an imported one, a playground import at module level (playground is imported lazily)."""
+    names: set[tuple[str, str]] = set()
+    problems: list[str] = []
+    for path in sorted((ROOT / "fast").glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        top_level = set(map(id, tree.body))
+        imported: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.split(".")[0] in (*SIBLINGS, "eval"):
+                        problems.append(f"fast/{path.name} imports the module {a.name}")
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                top = node.module.split(".")[0]
+                if top == "playground" and id(node) in top_level:
+                    problems.append(f"fast/{path.name} imports {node.module} at module level")
+                if top not in (*SIBLINGS, "eval"):
+                    continue
+                for a in node.names:
+                    names.add((node.module, a.name))
+                    imported.add(a.asname or a.name)
+                    if a.name.startswith("_"):
+                        problems.append(f"fast/{path.name} imports the private {node.module}.{a.name}")
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in imported
+                and node.attr.startswith("_")
+            ):
+                problems.append(f"fast/{path.name} reads the private {node.value.id}.{node.attr}")
+    return names, problems
+
+
+def test_fast_takes_few_public_names_from_the_stage_modules():
+    names, problems = _fast_imports()
+    assert not problems, problems
+    modules = {m for m, _ in names}
+    assert modules <= {"swillava.stage", "roillava.stage", "segllava.segmenter", "eval.runner"}, modules
+    assert len(modules) <= FAST_MAX_MODULES, sorted(modules)
+    assert len({n for _, n in names}) <= FAST_MAX_NAMES, sorted(names)
+
+
+def test_stage_modules_list_what_they_export():
+    """Each stage module says what it exports, and exports only what it defines or re-exports."""
+    import eval.runner
+    import roillava.stage
+    import swillava.stage
+
+    for module in (swillava.stage, roillava.stage, eval.runner):
+        assert module.__all__ and all(hasattr(module, n) for n in module.__all__), module.__name__
+    used = {n for m, n in _fast_imports()[0] if m in ("swillava.stage", "roillava.stage", "eval.runner")}
+    exported = {*swillava.stage.__all__, *roillava.stage.__all__, *eval.runner.__all__}
+    assert used <= exported, used - exported

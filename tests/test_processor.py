@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaImageProcessorPil
 
-from fast.model import load_processor as fast_processor
+from eval.llava_hf import load_processor as fast_processor
 from roillava.model import llava_processor as roi_processor
 from segllava.model import load_processor as seg_processor
 from swillava.model import llava_processor as swi_processor

@@ -291,11 +291,11 @@ def load_for_inference(
     adapter_cfg = Path(model_path) / "adapter_config.json"
     processor_source = model_path
     if adapter_cfg.exists():
-        from peft import PeftModel
+        from eval.llava_hf import attach_lora_adapter
 
         base = model_base or json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
         model = load_base(base, dtype=dtype, bits=bits, device=device)
-        model = PeftModel.from_pretrained(model, model_path)
+        model, _ = attach_lora_adapter(model, model_path, "default")  # the agent's attach path, then merge
         if bits == 16:
             model = model.merge_and_unload()
         # Intermediate checkpoints hold the adapter only; the final one also holds the processor.

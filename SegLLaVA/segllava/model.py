@@ -33,7 +33,14 @@ from torch import nn
 from transformers import LlavaForConditionalGeneration, SamModel
 from transformers.utils import ModelOutput
 
-from eval.llava_hf import DTYPE_CHOICES, DTYPE_HELP, DTYPES, inference_dtype, load_llava_for_inference  # noqa: F401
+from eval.llava_hf import (  # noqa: F401
+    DTYPE_CHOICES,
+    DTYPE_HELP,
+    DTYPES,
+    attach_lora_adapter,
+    inference_dtype,
+    load_llava_for_inference,
+)
 from eval.llava_hf import llava_processor as load_processor  # noqa: F401
 
 from .conversation import IM_END, IM_START, SEG_TOKEN, TokenLayout
@@ -470,11 +477,11 @@ class SegLLaVA(nn.Module):
                     bits=bits,
                 )
             ensure_seg_tokens(processor.tokenizer, unwrap_llava(llava), config.use_mm_start_end)
-            if isinstance(llava, PeftModel):
-                llava.load_adapter(str(directory), adapter_name=adapter_name)
-                llava.set_adapter(adapter_name)
-            else:
-                llava = PeftModel.from_pretrained(llava, str(directory), adapter_name=adapter_name)
+            # The one attach path (as the agent's other stages); a model of its own is then merged.
+            was_peft = isinstance(llava, PeftModel)
+            llava, _ = attach_lora_adapter(llava, directory, adapter_name)
+            llava.set_adapter(adapter_name)
+            if not was_peft:
                 quantised = getattr(unwrap_llava(llava), "is_quantized", False)
                 if (merge if merge is not None else not shared) and not quantised:
                     llava = llava.merge_and_unload()

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from transformers import LlavaForConditionalGeneration, SamModel
 
-from eval.llava_hf import left_pad
+from eval.llava_hf import add_named_adapter, left_pad, load_processor
 
 from .conversation import SEG_TOKEN, VAL_ANSWER
 from .inference import clean_answer, clip_pixels, generated_seg_states, prompt_ids
-from .model import SegLLaVA
+from .model import SegConfig, SegLLaVA, build_seg_llava, build_text_hidden_fcs, ensure_seg_tokens
 from .sam_checkpoint import load_sam
 
 SEG_DECODINGS = ("teacher", "generate")
@@ -50,6 +51,11 @@ class SegmentOptions:
 
 class Segmenter:
     """A SegLLaVA that serves batched mask jobs; attached, it runs under the active seg adapter."""
+
+    ADAPTER = "seg"
+    SEG_TOKEN = SEG_TOKEN
+    # Tokens the seg checkpoint's tokenizer must have for a shared base (checked against the base's ids).
+    REQUIRED_TOKENS = (SEG_TOKEN,)
 
     def __init__(self, seg: SegLLaVA, options: SegmentOptions | None = None):
         self.seg = seg
@@ -91,6 +97,64 @@ class Segmenter:
     ) -> Segmenter:
         """A SegLLaVA checkpoint with its own language model (the adapter merged) and SAM."""
         return cls(SegLLaVA.from_pretrained(adapter_dir, dtype=dtype, device=device), options)
+
+    @staticmethod
+    def is_standalone(directory: str) -> bool:
+        """A full SegLLaVA checkpoint (converted LISA weights, merged adapters), not a LoRA on the base."""
+        return SegConfig.load(directory).weights == "full"
+
+    @staticmethod
+    def processor_for(directory: str, base: str):
+        """The seg checkpoint's processor (the base's if it saved none)."""
+        return load_processor(directory, base)
+
+    # --- resident parameters on the meta device -----------------------------------------------------
+    @staticmethod
+    def lora_config(
+        llava_config, sam_config, tokenizer, *, r: int, alpha: int, targets: str, train_embeddings: str
+    ):
+        """The peft LoRA config SegLLaVA's trainer makes with these settings, and the tokenizer with the
+        seg tokens (built on throwaway models of these configs: a LoRA config names modules, not layers)."""
+        import copy
+
+        from .train import SegTrainArgs, set_trainable
+
+        seg_tok = copy.deepcopy(tokenizer)
+        llava = LlavaForConditionalGeneration(llava_config)
+        new_ids = ensure_seg_tokens(seg_tok, llava, True)
+        sam = SamModel(sam_config)
+        seg = build_seg_llava(
+            llava, sam, seg_tok, SegConfig(out_dim=sam_config.prompt_encoder_config.hidden_size)
+        )
+        args = SegTrainArgs(
+            lora_r=r, lora_alpha=alpha, lora_dropout=0.05, lora_target_modules=targets,
+            train_embeddings=train_embeddings,
+        )  # fmt: skip
+        set_trainable(seg, args, new_ids)
+        return seg.llava.peft_config["default"], seg_tok
+
+    @staticmethod
+    def add_tokens(llava: nn.Module, seg_tokenizer) -> None:
+        """The seg tokens on a base the seg adapter will share (refused if they need new embedding rows)."""
+        import copy
+
+        if len(seg_tokenizer) > llava.get_input_embeddings().num_embeddings:
+            raise ValueError("the seg tokens do not fit the base's embedding rows; the agent cannot share it")
+        ensure_seg_tokens(copy.deepcopy(seg_tokenizer), llava, True)
+
+    @classmethod
+    def add_config(cls, model: nn.Module, lora_config) -> nn.Module:
+        """As `attach`, from a LoRA config instead of saved weights (to count parameters)."""
+        return add_named_adapter(model, lora_config, cls.ADAPTER)
+
+    @staticmethod
+    def heads_for(llava_config, sam_config) -> list[nn.Module]:
+        """The seg heads (`text_hidden_fcs`) a seg adapter brings for these model configs."""
+        return [
+            build_text_hidden_fcs(
+                llava_config.text_config.hidden_size, sam_config.prompt_encoder_config.hidden_size
+            )
+        ]
 
     @property
     def seg_token_id(self) -> int:

@@ -561,9 +561,9 @@ def load_switch(
     processor = llava_processor(path if has_processor else base, "pad")
     swi = build_switch(llava, processor.tokenizer, config)
     if config.weights == "lora":
-        from peft import PeftModel
+        from eval.llava_hf import attach_lora_adapter
 
-        swi.llava = PeftModel.from_pretrained(swi.llava, str(path))
+        swi.llava, _ = attach_lora_adapter(swi.llava, path, "default")  # the agent's attach path, then merge
         if bits == 16:
             swi.llava = swi.llava.merge_and_unload()
     else:  # "full" already holds the llava-hf weights; both kinds keep the projectors in side files
