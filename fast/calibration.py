@@ -63,9 +63,3 @@ def choose_threshold(outcomes: Sequence[RoutingOutcome], *, max_system2_rate: fl
         "n": len(outcomes),
         "sweep": [asdict(p) for p in points],
     }
-
-
-def system2_rate_budget(fast_sec: float, fast_system2_rate: float, always_sec: float, budget: float) -> float:
-    """The System-2 rate that keeps FaST within `budget` x System-2-always seconds per question,
-    counting each extra routed question at a whole System-2-always question (an upper bound)."""
-    return fast_system2_rate + max(0.0, budget * always_sec - fast_sec) / always_sec

@@ -375,9 +375,10 @@ AGENT_KNOBS = {
     # crop of SEAL's unpadded view would cut off, and the toy models saw padded images only.
     "option_image_view": "padded",
 }
-# The threshold is the most accurate one on the held-out split whose System-2 rate keeps FaST within
-# this fraction of System 2 always's seconds per question (the acceptance target is 0.6: a margin).
-CALIBRATION_TIME_BUDGET = 0.5
+# The threshold is the most accurate one on the held-out split that sends at most this share of the
+# questions to System 2. A rate, not measured seconds, so the choice is the same on any machine: at
+# 0.29-0.35 FaST took 0.43-0.47 x System 2 always's time on the toy set (three seeds), under the 0.6 target.
+CALIBRATION_MAX_SYSTEM2_RATE = 0.4
 # Extra thresholds the accuracy-cost curve runs the agent at, besides 0 and the calibrated one.
 CURVE_THRESHOLDS = (0.1, 0.25, 0.4, 0.6, 0.8, 0.95)
 REPORT_OVERLAYS = 4
@@ -449,7 +450,7 @@ def run_agent(model, config, bench: Path, answers: Path) -> dict:
 
 def calibrate(model) -> dict:
     """The confidence threshold, from FaST (routing off) and System 2 always on the held-out split."""
-    from fast.calibration import RoutingOutcome, choose_threshold, system2_rate_budget
+    from fast.calibration import RoutingOutcome, choose_threshold
 
     out = PATHS.agent / "calibration"
     out.mkdir(parents=True, exist_ok=True)
@@ -470,13 +471,9 @@ def calibrate(model) -> dict:
         )
         for q, m in fast_rows.items()
     ]
-    max_rate = system2_rate_budget(
-        fast["sec_per_question"], fast["system2_rate"], always["sec_per_question"], CALIBRATION_TIME_BUDGET
-    )
-    choice = choose_threshold(outcomes, max_system2_rate=min(1.0, max_rate))
+    choice = choose_threshold(outcomes, max_system2_rate=CALIBRATION_MAX_SYSTEM2_RATE)
     choice.update(
         split=PATHS.vstar_calib.name,
-        time_budget=CALIBRATION_TIME_BUDGET,
         runs={"fast_no_confidence": fast, "system2_always": always},
     )
     (out / "calibration.json").write_text(json.dumps(choice, indent=1))
@@ -701,8 +698,7 @@ def stage_agent_report() -> dict:
         "",
         f"The threshold ({result['fast']['confidence_threshold']:.4f}) was calibrated on the held-out split "
         f"`{result['calibration']['split']}` ({result['calibration']['n']} questions): the most accurate one "
-        f"whose System-2 rate stays within {result['calibration']['max_system2_rate']:.3f} (FaST within "
-        f"{result['calibration']['time_budget']} x System 2 always's time). There it scored "
+        f"whose System-2 rate stays within {result['calibration']['max_system2_rate']:.3f}. There it scored "
         f"{result['calibration']['accuracy']:.3f} against {result['calibration']['off']['accuracy']:.3f} "
         "without routing. A System-1 answer is routed when its confidence (the margin between the two most "
         "likely options) is below the threshold.",

@@ -7,7 +7,6 @@ from fast.calibration import (
     candidate_thresholds,
     choose_threshold,
     evaluate_threshold,
-    system2_rate_budget,
 )
 
 # (FaST right, switch sent it to System 2, confidence, System 2 always right)
@@ -43,9 +42,3 @@ def test_the_most_accurate_affordable_and_lowest_threshold_is_chosen():
     assert tight["threshold"] == pytest.approx(0.10, abs=1e-5) and tight["accuracy"] == pytest.approx(5 / 6)
     none_affordable = choose_threshold(OUTCOMES, max_system2_rate=0.0)
     assert none_affordable["threshold"] == 0.0
-
-
-def test_time_budget_as_a_system2_rate():
-    # FaST 0.04 s/q routing 30%, System 2 always 0.1 s/q, budget 0.5 x: 0.01 s to spare = 10% more rows
-    assert system2_rate_budget(0.04, 0.3, 0.1, 0.5) == pytest.approx(0.4)
-    assert system2_rate_budget(0.06, 0.3, 0.1, 0.5) == pytest.approx(0.3)  # already over: no more
