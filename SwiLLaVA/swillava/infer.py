@@ -49,7 +49,7 @@ from .objects import (
     expand_objects,
     feature_layout,
 )
-from .switch_pass import PassResult, option_losses_batch, switch_pass
+from .switch_pass import option_losses_batch
 
 Evidence = Sequence[tuple[str, Sequence[float]]]  # (name, [x, y, w, h] in original-image pixels)
 
@@ -293,23 +293,6 @@ class SwitchAdapter:
     def answer_with_evidence(self, image: Image.Image, question: str, objects: Evidence) -> str:
         """Answer with SEAL's evidence prompt: crops (1.2x context) and locations of `objects`."""
         return self.answer_with_evidence_batch([(image, question, objects)])[0]
-
-    # --- the stage the agent runs: one prefill per prompt serves decision, names, answer, options -------
-    def decide_pass(
-        self,
-        prompts: Sequence[Prompt],
-        sentence_ids: list[int],
-        *,
-        force: bool,
-        max_new_tokens: int,
-        direct_rows: Sequence[int] = (),
-        options: dict[int, list[str]] | None = None,
-    ) -> PassResult:
-        """Decide, name the missing objects, answer System-1 rows directly or by options (`switch_pass`)."""
-        return switch_pass(
-            self, prompts, sentence_ids, force=force, max_new_tokens=max_new_tokens,
-            direct_rows=direct_rows, options=options,
-        )  # fmt: skip
 
     def option_losses_batch(
         self, prompts: Sequence[Prompt], options: Sequence[Sequence[str]]

@@ -34,7 +34,7 @@ from .objects import (
     expand_objects,
     patch_bounds,
 )
-from .switch_pass import PassResult, option_confidence
+from .switch_pass import PassResult, option_confidence, switch_pass
 
 __all__ = ["SwitchStage"]
 
@@ -129,11 +129,11 @@ class SwitchStage(SwitchAdapter):
         direct_rows: Sequence[int] = (),
         options: dict[int, list[str]] | None = None,
     ) -> PassResult:
-        """`decide_pass` on SEAL's missing-objects sentence: the decision, the named objects and the
+        """`switch_pass` on SEAL's missing-objects sentence: the decision, the named objects and the
         direct answers of a batch of prompts (`decide` is SEAL's generate-and-parse probe)."""
         sentence = self.tokenizer(MISSING_OBJECTS_PREFIX, add_special_tokens=False).input_ids
-        return self.decide_pass(
-            prompts, sentence, force=force, max_new_tokens=max_new_tokens,
+        return switch_pass(
+            self, prompts, sentence, force=force, max_new_tokens=max_new_tokens,
             direct_rows=direct_rows, options=options,
         )  # fmt: skip
 

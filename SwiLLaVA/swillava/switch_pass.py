@@ -12,7 +12,7 @@ That one pass gives, from its KV cache:
 All of it is batched over questions (left padding; positions count real tokens only), and each piece
 equals what `SwitchAdapter.generate` / `option_losses` compute for one question at a time. `switch` is a
 `SwitchAdapter`, standalone or attached to a shared model (the FaST agent's switch stage calls these
-through `SwitchAdapter.decide_pass` and `SwitchAdapter.option_losses_batch`).
+through `SwitchStage.decide_prompts` and `SwitchAdapter.option_losses_batch`).
 """
 
 from __future__ import annotations
