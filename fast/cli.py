@@ -96,6 +96,7 @@ AGENT_OPTIONS: dict[str, dict] = {
     "confidence_threshold": {
         "help": "fast mode: also send System 1's unsure answers (confidence below this) to System 2; 0: off"
     },
+    "copy_names": {"help": "decode the switch's missing-object names as spans of the question"},
 }
 
 

@@ -43,7 +43,9 @@ class AgentConfig:
     answer is unsure: its confidence (the geometric mean of the answer's token probabilities, or for
     options the probability margin between the best two) is below the threshold. 0 turns it off; the
     demo calibrates it on a held-out split (`fast.calibration`). A reply that is neither an answer nor
-    the missing-objects sentence goes to System 2 whatever the threshold.
+    the missing-objects sentence goes to System 2 whatever the threshold. `copy_names`: the switch's
+    missing-object names are decoded as spans of the question (`swillava.name_copy`), as SEAL's
+    training names are; off, they are decoded freely.
     `dtype`: the weights' dtype ("auto": bf16 on a GPU that supports it, else fp16 on CUDA, fp32 on CPU);
     `bits` 4 or 8 loads the shared language model with bitsandbytes (CLIP, projectors, lm_head, SAM and
     the adapters stay in `dtype`); every weight is loaded straight to `device`.
@@ -75,6 +77,7 @@ class AgentConfig:
     roi_wording: str | None = None
     option_image_view: str = VSTAR_DEFAULT_IMAGE_VIEW
     confidence_threshold: float = 0.0
+    copy_names: bool = True
 
     def __post_init__(self):
         self.dtype = _TORCH_DTYPE_NAMES.get(self.dtype, self.dtype)

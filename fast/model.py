@@ -244,6 +244,7 @@ class FastModel:
             if SWITCH in standalone
             else self.token_ids[SWITCH][SwitchStage.REQUIRED_TOKENS[0]],
             max_new_tokens=config.switch_max_new_tokens,
+            copy_names=config.copy_names,
         )
         if self.seg_stage is not None:
             self.seg_stage.to(config.device)

@@ -342,16 +342,22 @@ def stage_switch_eval() -> dict:
 
     # SEAL's sentence with one name is 24 tokens of the toy tokenizer: room for longer names and lists
     adapter = SwitchAdapter.from_pretrained(PATHS.ckpt / "switch", max_new_tokens=48)
-    by_phrasing = {
-        phrasing: toy_switch_metrics(
+
+    def metrics(phrasing: str) -> dict:
+        return toy_switch_metrics(
             adapter,
             str(phrased_questions(phrasing, PATHS.demo / "answers" / f"switch_val_{phrasing}.jsonl")),
             str(PATHS.eval_toy / "toy_val_annotations.json"),
             str(PATHS.toy / "images"),
             batch_size=32,
         )
-        for phrasing in SWITCH_PHRASINGS
-    }
+
+    by_phrasing = {phrasing: metrics(phrasing) for phrasing in SWITCH_PHRASINGS}
+    # What the names copy constraint buys: the same switch decoding its names freely (not an acceptance
+    # figure, hence a key the seed table does not pick up).
+    adapter.copy_names = False
+    for phrasing in SWITCH_PHRASINGS:
+        by_phrasing[phrasing]["free_decoding_names_exact"] = metrics(phrasing)["object_names_exact"]
     return {**by_phrasing["short"], "phrasings": by_phrasing}
 
 
@@ -376,8 +382,9 @@ AGENT_KNOBS = {
     "option_image_view": "padded",
 }
 # The threshold is the most accurate one on the held-out split that sends at most this share of the
-# questions to System 2. A rate, not measured seconds, so the choice is the same on any machine: at
-# 0.29-0.35 FaST took 0.43-0.47 x System 2 always's time on the toy set (three seeds), under the 0.6 target.
+# questions to System 2 (of equally accurate ones, the highest). A rate, not measured seconds, so the
+# choice is the same on any machine: at 0.29-0.35 FaST took 0.43-0.47 x System 2 always's time on the
+# toy set (three seeds), at 0.43 0.56 x, at 0.465 0.60 x: 0.4 keeps under the 0.6 target.
 CALIBRATION_MAX_SYSTEM2_RATE = 0.4
 # Extra thresholds the accuracy-cost curve runs the agent at, besides 0 and the calibrated one.
 CURVE_THRESHOLDS = (0.1, 0.25, 0.4, 0.6, 0.8, 0.95)

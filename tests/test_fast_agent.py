@@ -684,9 +684,18 @@ def test_config_is_typed_and_checked(tmp_path):
 
 def test_switch_pass_equals_decoding_and_scoring_one_by_one(fast_model, image):
     """One prefill serves the decision, the names, the direct answer and the options, batched over questions;
-    each equals the switch decoding / scoring that question alone."""
+    each equals the switch decoding / scoring that question alone. (The names' copy constraint is off:
+    the "sentence" here is any prefix; `test_name_copy` checks the constraint.)"""
     fast_model.use(SWITCH)
     sw = fast_model.switch
+    sw.copy_names = False
+    try:
+        switch_pass_equals_one_by_one(sw, image)
+    finally:
+        sw.copy_names = True
+
+
+def switch_pass_equals_one_by_one(sw, image):
     other = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     prompts = [sw.build_prompt(image, QUESTION), sw.build_prompt(other, "What color is the star? Answer.")]
 

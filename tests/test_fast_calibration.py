@@ -34,7 +34,7 @@ def test_each_threshold_is_replayed_row_by_row():
         evaluate_threshold([], 0.5)
 
 
-def test_the_most_accurate_affordable_and_lowest_threshold_is_chosen():
+def test_the_most_accurate_affordable_threshold_is_chosen():
     choice = choose_threshold(OUTCOMES, max_system2_rate=0.5)
     assert choice["threshold"] == pytest.approx(0.30, abs=1e-5) and choice["accuracy"] == 1.0
     assert choice["off"]["accuracy"] == pytest.approx(4 / 6) and len(choice["sweep"]) == 6
@@ -42,3 +42,19 @@ def test_the_most_accurate_affordable_and_lowest_threshold_is_chosen():
     assert tight["threshold"] == pytest.approx(0.10, abs=1e-5) and tight["accuracy"] == pytest.approx(5 / 6)
     none_affordable = choose_threshold(OUTCOMES, max_system2_rate=0.0)
     assert none_affordable["threshold"] == 0.0
+
+
+def test_equally_accurate_thresholds_spend_the_rate_budget():
+    """Routing a right answer that System 2 also gets right changes no accuracy: the highest
+    affordable threshold of the equally accurate ones is chosen, not "off"."""
+    outcomes = [
+        RoutingOutcome(True, True, None, True),
+        RoutingOutcome(True, False, 0.2, True),
+        RoutingOutcome(True, False, 0.8, True),
+        RoutingOutcome(False, False, 0.9, False),
+    ]
+    choice = choose_threshold(outcomes, max_system2_rate=0.75)
+    assert choice["threshold"] == pytest.approx(0.8, abs=1e-5)
+    assert (choice["accuracy"], choice["system2_rate"]) == (0.75, 0.75)
+    assert choice["off"]["accuracy"] == 0.75
+    assert choose_threshold(outcomes, max_system2_rate=0.5)["threshold"] == pytest.approx(0.2, abs=1e-5)

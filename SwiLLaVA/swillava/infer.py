@@ -21,11 +21,12 @@ import json
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
+from transformers import LogitsProcessorList
 
 from eval.qa_files import fingerprints, read_questions
 from eval.runner import answer_row, batched, run_batches
@@ -39,6 +40,7 @@ from .conversation import (
 )
 from .data import load_json_records, open_image
 from .model import BITS_HELP, DTYPE_CHOICES, DTYPE_HELP, SwiLLaVA, inference_dtype, load_switch
+from .name_copy import NameCopyProcessor, NameListTokens
 from .objects import (
     MISSING_OBJECTS_PREFIX,
     ObjectInstance,
@@ -133,16 +135,27 @@ class Prompt:
     image_long: bool
     crops: torch.Tensor  # [n, 3, S, S]
     object_long: list[bool]
+    name_source: list[int] = field(default_factory=list)  # the question's ids, which names copy from
 
 
 class SwitchAdapter:
     """A loaded switch model and its processor; every method is greedy / deterministic."""
 
-    def __init__(self, model: SwiLLaVA, processor, *, template: str | None = None, max_new_tokens: int = 200):
+    def __init__(
+        self,
+        model: SwiLLaVA,
+        processor,
+        *,
+        template: str | None = None,
+        max_new_tokens: int = 200,
+        copy_names: bool = True,
+    ):
+        """`copy_names`: decode the missing objects' names as spans of the question (`name_copy`)."""
         self.model = model.eval()
         self.processor = processor
         self.template = template or model.swi_config.template
         self.max_new_tokens = max_new_tokens
+        self.copy_names = copy_names
         self.crop_size = processor.image_processor.crop_size["height"]
 
     @classmethod
@@ -214,7 +227,8 @@ class SwitchAdapter:
                 for o in instances
             ]
             crops = proc(crops, return_tensors="pt")["pixel_values"]
-        return Prompt(ids, pixels, image_long, crops, object_long)
+        source = self.tokenizer(question.replace(IMAGE_PLACEHOLDER, "").strip(), add_special_tokens=False)
+        return Prompt(ids, pixels, image_long, crops, object_long, source.input_ids)
 
     def collate(self, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
         """Left-padded ids and fixed object slots (as many as the largest request has), on the device."""
@@ -260,12 +274,27 @@ class SwitchAdapter:
     _embed = embed
 
     # --- generation ---------------------------------------------------------------------------------
+    def names_processor(self, prompts: Sequence[Prompt], *, after_sentence: bool) -> NameCopyProcessor | None:
+        """The names constraint for `prompts` (None when `copy_names` is off): from the first token
+        (`after_sentence`, a pass that starts after the sentence) or once a row has written it."""
+        if not self.copy_names:
+            return None
+        sentence = [] if after_sentence else self.sentence_ids()
+        punctuation = NameListTokens.of(self.tokenizer, MISSING_OBJECTS_PREFIX)
+        return NameCopyProcessor([p.name_source for p in prompts], punctuation, sentence)
+
+    def sentence_ids(self) -> list[int]:
+        """SEAL's missing-objects sentence as the switch writes it (no special tokens)."""
+        return self.tokenizer(MISSING_OBJECTS_PREFIX, add_special_tokens=False).input_ids
+
     @torch.inference_mode()
     def generate(self, prompts: list[Prompt], max_new_tokens: int | None = None) -> list[str]:
-        """Greedy continuations, batched with left padding; stops at EOS."""
+        """Greedy continuations, batched with left padding; stops at EOS. Names after the
+        missing-objects sentence are copied from the question unless `copy_names` is off."""
         if not prompts:
             return []
         batch = self.collate(prompts)
+        processor = self.names_processor(prompts, after_sentence=False)
         out = self.model.llava.generate(
             inputs_embeds=self.embed(batch),
             attention_mask=batch["attention_mask"],
@@ -275,6 +304,7 @@ class SwitchAdapter:
             use_cache=True,
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
+            logits_processor=LogitsProcessorList([processor] if processor else []),
         )
         # With only inputs_embeds, generate returns just the new tokens.
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
@@ -389,6 +419,7 @@ def answer_questions(
         "runner": "swillava.answer",
         "model": model_signature,
         "max_new_tokens": adapter.max_new_tokens,
+        "copy_names": adapter.copy_names,
     }
 
     def load(batch: list[dict]) -> list[tuple[dict, Image.Image | None, str | None]]:
@@ -559,6 +590,12 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("--bits", type=int, choices=(4, 8, 16), default=16, help=BITS_HELP)
         s.add_argument("--max-new-tokens", type=int, default=200)
         s.add_argument("--batch-size", type=int, default=8)
+        s.add_argument(
+            "--no-copy-names",
+            dest="copy_names",
+            action="store_false",
+            help="decode the missing objects' names freely (default: only spans of the question)",
+        )
         if name in ("answer", "toy-eval"):
             s.add_argument("--question-file", required=True)
             s.add_argument("--image-folder", required=True)
@@ -587,6 +624,7 @@ def main(argv: list[str] | None = None) -> None:
         dtype=inference_dtype(args.dtype, args.device),
         bits=args.bits,
         max_new_tokens=args.max_new_tokens,
+        copy_names=args.copy_names,
     )
     if args.command == "answer":
         from eval.qa_files import model_signature

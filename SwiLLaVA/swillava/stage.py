@@ -91,11 +91,12 @@ class SwitchStage(SwitchAdapter):
         *,
         object_token_id: int | None,
         max_new_tokens: int,
+        copy_names: bool = True,
     ) -> SwitchStage:
         """The stage on a peft model the adapter is attached to (`object_token_id` given) or on a full
         switch model (a `SwiLLaVA`, `object_token_id` None)."""
         swi = model if object_token_id is None else SwiLLaVA(model, config, object_token_id)
-        return cls(swi, processor, max_new_tokens=max_new_tokens)
+        return cls(swi, processor, max_new_tokens=max_new_tokens, copy_names=copy_names)
 
     # --- resident parameters on the meta device -----------------------------------------------------
     @staticmethod
@@ -131,9 +132,8 @@ class SwitchStage(SwitchAdapter):
     ) -> PassResult:
         """`switch_pass` on SEAL's missing-objects sentence: the decision, the named objects and the
         direct answers of a batch of prompts (`decide` is SEAL's generate-and-parse probe)."""
-        sentence = self.tokenizer(MISSING_OBJECTS_PREFIX, add_special_tokens=False).input_ids
         return switch_pass(
-            self, prompts, sentence, force=force, max_new_tokens=max_new_tokens,
+            self, prompts, self.sentence_ids(), force=force, max_new_tokens=max_new_tokens,
             direct_rows=direct_rows, options=options,
         )  # fmt: skip
 

@@ -4,7 +4,8 @@ The switch reads every prompt (image rows included) once, followed by SEAL's mis
 That one pass gives, from its KV cache:
 
 * the decision: greedy decoding starts the sentence iff the logits predict each of its tokens;
-* the object names of System-2 rows: greedy decoding after the sentence, continuing the cache;
+* the object names of System-2 rows: greedy decoding after the sentence, continuing the cache (copied
+  from the question under `name_copy` unless the switch's `copy_names` is off);
 * the direct answer of System-1 rows: the cache cut back to the prompt, decoded greedily, with its
   confidence (the geometric mean of its tokens' probabilities, EOS included);
 * multiple choice: every option (its tokens, then EOS) on the prompt's cache, mean cross-entropy each.
@@ -36,21 +37,27 @@ def greedy_continue(
     max_new_tokens: int,
     eos_id: int,
     pad_id: int,
+    logits_processor=None,
 ) -> tuple[list[list[int]], list[list[float]]]:
     """Greedy tokens after a prefilled cache, and each token's log-probability.
 
     `last_logits` [R, V] predict the first token; a row stops at EOS (kept in its tokens).
+    `logits_processor` (a transformers `LogitsProcessor`) sees the tokens generated so far.
     """
     rows = last_logits.shape[0]
     out: list[list[int]] = [[] for _ in range(rows)]
     logprobs: list[list[float]] = [[] for _ in range(rows)]
     done = torch.zeros(rows, dtype=torch.bool, device=last_logits.device)
+    generated = torch.zeros(rows, 0, dtype=torch.long, device=last_logits.device)
     positions = mask.sum(1, keepdim=True)
     logits = last_logits
     for step_index in range(max_new_tokens):
+        if logits_processor is not None:
+            logits = logits_processor(generated, logits.clone())
         token = logits.argmax(-1)
         token_logprob = torch.log_softmax(logits.float(), -1).gather(1, token[:, None])[:, 0]
         token = torch.where(done, torch.full_like(token, pad_id), token)
+        generated = torch.cat([generated, token[:, None]], dim=1)
         for r, (t, lp) in enumerate(zip(token.tolist(), token_logprob.tolist())):
             if not done[r]:
                 out[r].append(t)
@@ -125,6 +132,7 @@ def switch_pass(
         texts, _ = greedy_continue(
             llava, select_rows(cache, on), logits[on, -1], mask[on], max_new_tokens=max_new_tokens,
             eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+            logits_processor=switch.names_processor([prompts[r] for r in on], after_sentence=True),
         )  # fmt: skip
         for r, ids in zip(on, texts):
             result.continuation[r] = tok.decode(ids, skip_special_tokens=True).strip()
