@@ -84,6 +84,7 @@ def build_inputs(work: Path, n_questions: int) -> tuple[Path, Path, Path]:
 def run_once(
     model, processor, questions: Path, images: Path, out: Path, *, batch_size: int, max_new_tokens: int
 ):
+    from eval.qa_files import model_signature
     from roillava.answer import answer_file
 
     out.unlink(missing_ok=True)
@@ -97,6 +98,7 @@ def run_once(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         progress=False,
+        model_signature=model_signature(model.config.name_or_path),
     )
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     texts = {r["question_id"]: r["text"] for r in map(json.loads, out.read_text().splitlines())}

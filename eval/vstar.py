@@ -42,7 +42,7 @@ def vstar_answer_file(
     chunk_idx: int = 0,
     progress: bool = True,
     image_view: str = VSTAR_DEFAULT_IMAGE_VIEW,
-    model_signature: str | None = None,
+    model_signature: str,
 ) -> dict:
     """Likelihood answers for prepared V*Bench questions (rows carry `options`)."""
     if mode not in ("s1", "cos"):

@@ -246,6 +246,7 @@ def stage_system1_finetune() -> None:
 
 
 def stage_system1_eval() -> dict:
+    from eval.qa_files import model_signature
     from eval.toy import toy_accuracy
     from roillava.answer import answer_file, load_for_inference
 
@@ -259,6 +260,7 @@ def stage_system1_eval() -> dict:
         str(answers),
         batch_size=16,
         max_new_tokens=8,
+        model_signature=model_signature(PATHS.ckpt / "system1"),
     )
     acc = toy_accuracy(answers, PATHS.eval_toy / "toy_val_annotations.json")
     return {**acc, "sec_per_question": run["sec_per_question"]}
@@ -276,6 +278,7 @@ def stage_roi_train() -> None:
 
 
 def stage_roi_eval() -> dict:
+    from eval.qa_files import model_signature
     from eval.toy import toy_roi_metrics
     from roillava.answer import load_for_inference
     from roillava.roi import RoiConfig, roi_answer_file
@@ -291,6 +294,7 @@ def stage_roi_eval() -> dict:
         str(answers),
         config=config,
         batch_size=16,
+        model_signature=model_signature(PATHS.ckpt / "roi", PATHS.ckpt / "system1"),
     )
     return {
         **toy_roi_metrics(answers, PATHS.eval_toy / "toy_val_annotations.json"),

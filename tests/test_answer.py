@@ -60,7 +60,7 @@ def test_answer_file_batch_8_equals_batch_1(llava, processor, questions, tmp_pat
     for batch_size in (8, 1):
         out = tmp_path / f"b{batch_size}.jsonl"
         answer_file(model, processor, str(question_file), str(images), str(out), batch_size=batch_size,
-                    max_new_tokens=6, progress=False)  # fmt: skip
+                    max_new_tokens=6, progress=False, model_signature="peaked tiny")  # fmt: skip
         texts[batch_size] = {
             r["question_id"]: r["text"] for r in map(json.loads, out.read_text().splitlines())
         }
@@ -111,8 +111,9 @@ def test_missing_image_is_recorded_not_fatal(llava, processor, tmp_path, questio
     qf = tmp_path / "q.jsonl"
     qf.write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = answer_file(
-        llava, processor, str(qf), str(images), str(tmp_path / "a.jsonl"), max_new_tokens=2, progress=False
-    )
+        llava, processor, str(qf), str(images), str(tmp_path / "a.jsonl"), max_new_tokens=2, progress=False,
+        model_signature="tiny",
+    )  # fmt: skip
     answers = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert summary["missing_images"] == 1 and len(answers) == 3
     assert (

@@ -11,6 +11,8 @@ from PIL import Image
 from test_fast_agent import _one_thread, agent_config, fast_checkpoints  # noqa: F401
 from torch.nn import functional as F
 
+from eval.qa_files import model_signature
+
 pytest.importorskip("bitsandbytes")
 
 
@@ -108,7 +110,10 @@ def test_4bit_system1_and_roi_answerers(ckpts, toy_world, tmp_path):
     model, processor = load_for_inference(str(ckpts["base"]), bits=4)
     assert_lm_only_quantised(model)
     out = tmp_path / "s1.jsonl"
-    answer_file(model, processor, str(qfile), str(images), str(out), batch_size=2, max_new_tokens=3)
+    answer_file(
+        model, processor, str(qfile), str(images), str(out), batch_size=2, max_new_tokens=3,
+        model_signature=model_signature(ckpts["base"]),
+    )  # fmt: skip
     assert len(out.read_text().splitlines()) == 2
 
     # An adapter on a 4-bit base stays a peft layer (merging would round the update into NF4 blocks).
@@ -119,6 +124,7 @@ def test_4bit_system1_and_roi_answerers(ckpts, toy_world, tmp_path):
     roi_answer_file(
         roi, processor, str(qfile), str(images), str(out),
         config=RoiConfig(roi_max_new_tokens=6, max_new_tokens=3), batch_size=2,
+        model_signature=model_signature(ckpts["roi"], ckpts["base"]),
     )  # fmt: skip
     answers = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(answers) == 2 and all("roi_box" in a["metadata"] for a in answers)

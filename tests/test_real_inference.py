@@ -125,7 +125,10 @@ def test_4bit_answer_at_real_width(real_base, toy_questions, tmp_path):
     assert type(model.model.multi_modal_projector.linear_1) is nn.Linear
     out = tmp_path / "4bit.jsonl"
     with Seen() as seen:
-        answer_file(model, processor, str(qfile), str(images), str(out), batch_size=1, max_new_tokens=2)
+        answer_file(
+            model, processor, str(qfile), str(images), str(out), batch_size=1, max_new_tokens=2,
+            model_signature="4-bit real shapes",
+        )  # fmt: skip
     assert len(_lines(out)) == 2 and [IMAGE_ROWS] in seen.image_rows
 
 

@@ -210,6 +210,7 @@ def test_random_model_falls_back_and_run_resumes(val, tiny_base, padded_processo
         str(answers),
         config=config,
         batch_size=2,
+        model_signature="tiny llava",
         progress=False,
     )
     lines = [json.loads(line) for line in answers.read_text().splitlines()]

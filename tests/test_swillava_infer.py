@@ -210,8 +210,9 @@ def test_answer_runner_writes_decisions_resumes_and_records_image_errors(adapter
     questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
     answers = tmp_path / "a.jsonl"
     first = answer_questions(
-        adapter, str(questions), str(tmp_path), str(answers), batch_size=2, progress=False
-    )
+        adapter, str(questions), str(tmp_path), str(answers), batch_size=2, progress=False,
+        model_signature="switch A",
+    )  # fmt: skip
     got = {r["question_id"]: r for r in map(json.loads, answers.read_text().splitlines())}
     assert first["answered_now"] == 3 and sorted(got) == ["q1", "q2", "q3"]
     decision = adapter.decide(image, rows[0]["text"])
@@ -220,5 +221,12 @@ def test_answer_runner_writes_decisions_resumes_and_records_image_errors(adapter
     assert got["q2"]["text"] == "" and got["q2"]["needs_system2"] is None
     assert "image not found" in got["q2"]["metadata"]["error"]
     assert got["q3"]["metadata"]["error"] == f"question has no 'image' ({questions}:3)"
-    again = answer_questions(adapter, str(questions), str(tmp_path), str(answers), progress=False)
+    again = answer_questions(
+        adapter, str(questions), str(tmp_path), str(answers), progress=False, model_signature="switch A"
+    )
     assert again["answered_now"] == 0 and again["resumed"] == 3
+    # Other weights (a retrained checkpoint in the same folder signs differently): nothing is reused.
+    other = answer_questions(
+        adapter, str(questions), str(tmp_path), str(answers), progress=False, model_signature="switch B"
+    )
+    assert other["answered_now"] == 3 and other["resumed"] == 0

@@ -222,12 +222,14 @@ def answer_file(
     num_chunks: int = 1,
     chunk_idx: int = 0,
     progress: bool = True,
-    model_signature: str | None = None,
+    model_signature: str,
 ) -> dict:
     """Answer every not-yet-answered question of `question_file`; returns counts and timing.
 
     `model_signature` (`eval.qa_files.model_signature` of the checkpoint paths) goes into each answer's
-    fingerprint, so answers of other weights are not reused on a rerun."""
+    fingerprint, so answers of other weights are not reused on a rerun. It is required: a loaded model
+    cannot tell which files it came from, and a missing signature let a retrained checkpoint in the
+    same folder resume on the old one's answers."""
     prefix_cache = PrefixCache()
 
     def preprocess(rows: list[dict], images: list[list]) -> tuple[list[list], torch.Tensor | None]:

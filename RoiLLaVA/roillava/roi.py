@@ -322,7 +322,7 @@ def roi_answer_file(
     num_chunks: int = 1,
     chunk_idx: int = 0,
     progress: bool = True,
-    model_signature: str | None = None,
+    model_signature: str,
 ) -> dict:
     """The System-1 answerer's resumable loop with the two-stage solver; adds the fallback count."""
 

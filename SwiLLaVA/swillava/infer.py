@@ -404,7 +404,7 @@ def answer_questions(
     answers_file: str,
     *,
     batch_size: int = 8,
-    model_signature: str | None = None,
+    model_signature: str,
     progress: bool = True,
 ) -> dict:
     """Switch decisions for LLaVA question JSONL, written as LLaVA answer JSONL plus the decision.
