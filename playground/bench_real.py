@@ -63,6 +63,8 @@ def entry_points(work: Path, base: Path, steps: int) -> list[EntryPoint]:
         "WORKERS": "0",
         "LOG_STEPS": "1",
     }
+    from playground.demo import free_port
+
     cpu = "" if _has_cuda() else "--use_cpu True"
 
     def script(name, cwd, path, extra="", **env):
@@ -117,7 +119,7 @@ def entry_points(work: Path, base: Path, steps: int) -> list[EntryPoint]:
                 "--num_gpus",
                 "1",
                 "--master_port",
-                str(29500 + os.getpid() % 1000),
+                str(free_port()),
                 "train_ds.py",
                 f"--version={base}",
                 f"--dataset_dir={work / 'dataset'}",

@@ -804,13 +804,22 @@ SEG_TRAIN = [
 SEG_EVAL = {"batch_size": 16, "max_new_tokens": 12}
 
 
+def free_port() -> int:
+    """A TCP port the OS reports free, for DeepSpeed's rendezvous: runs side by side must not collide."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def stage_seg_train() -> None:
     """`deepspeed train_ds.py …` from `SegLLaVA/`, as LISA's README runs it, on the System-1 checkpoint."""
     # The toy SAM is committed; it is retrained (a 10-minute cap on a CPU) only if missing.
     if not (TINY_SAM / "model.safetensors").exists():
         py(["playground.sam_pretrain", "--out", str(TINY_SAM)], PATHS.demo / "logs" / "sam_pretrain.log")
     cmd = [
-        "deepspeed", "--num_gpus", "1", "--master_port", str(29500 + os.getpid() % 1000),
+        "deepspeed", "--num_gpus", "1", "--master_port", str(free_port()),
         "--log_level", "info" if os.environ.get("FAST_VERBOSE") == "1" else "error", "train_ds.py",
         f"--version={PATHS.ckpt / 'system1'}", f"--dataset_dir={PATHS.dataset}", f"--vision_pretrained={TINY_SAM}",
         f"--log_base_dir={PATHS.ckpt}", "--exp_name=seg", f"--seed={PATHS.training_seed}", *SEG_TRAIN,

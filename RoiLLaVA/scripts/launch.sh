@@ -3,7 +3,9 @@
 # DeepSpeed runs one gloo process. LAUNCHER=python runs one process without a launcher (its
 # single-process distributed environment is set here, so DeepSpeed needs no mpi4py).
 LAUNCHER=${LAUNCHER:-deepspeed}
-MASTER_PORT=${MASTER_PORT:-$((29500 + RANDOM % 1000))}
+# A port the OS reports free (bound to port 0): trainings started side by side on one machine (two
+# seeds, a test beside a demo) drew colliding random ports before.
+MASTER_PORT=${MASTER_PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 # bf16 (the default) needs a CUDA GPU that supports it, or --use_cpu True on a CPU: elsewhere the run
 # falls back to fp32 with a notice instead of stopping in transformers' "doesn't support bf16/gpu".
 if [ -z "${BF16:-}" ]; then

@@ -3,7 +3,9 @@
 # DeepSpeed runs one gloo process. LAUNCHER=torchrun, or LAUNCHER=python (no launcher; pass
 # DS_CONFIG= empty to run without DeepSpeed).
 LAUNCHER=${LAUNCHER:-deepspeed}
-MASTER_PORT=${MASTER_PORT:-$((29500 + $$ % 1000))}
+# A port the OS reports free (bound to port 0): trainings started side by side on one machine (two
+# seeds, a test beside a demo) drew colliding random ports before.
+MASTER_PORT=${MASTER_PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 # bf16 (the default) needs a CUDA GPU that supports it, or --use_cpu True on a CPU: elsewhere the run
 # falls back to fp32 with a notice instead of stopping in transformers' "doesn't support bf16/gpu".
 if [ -z "${BF16:-}" ]; then
