@@ -12,7 +12,8 @@ from swillava.objects import MISSING_OBJECTS_PREFIX
 from swillava.switch_pass import switch_pass
 
 QUESTION = "What pattern is on the green object?"
-QUESTIONS = [QUESTION, "Is the red cross left of the blue star?", "What color is the diamond?"]
+SUFFIX = "\nAnswer the question using a single word or phrase."
+QUESTIONS = [QUESTION, "Is the red cross left of the blue star?" + SUFFIX, "What color is the diamond?"]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,13 @@ def test_allowed_tokens_follow_the_name_list_grammar(adapter):
     # After a separator a new name starts; after the end only EOS.
     assert set(allowed_name_tokens(source, [ids["green"], punct.separator], punct)) == set(source) - stops
     assert allowed_name_tokens(source, [ids["green"], punct.end], punct) == [punct.eos]
+    # Where the name could end, the switch's own choice decides: a separator or a continuation it
+    # prefers is allowed as ever; a token that fits no span ends the list.
+    assert set(allowed_name_tokens(source, [ids["green"]], punct, punct.separator)) == set(after_green)
+    is_id = tok(f"{MISSING_OBJECTS_PREFIX} green is", add_special_tokens=False).input_ids[-1]
+    assert allowed_name_tokens(source, [ids["green"], ids["object"]], punct, is_id) == [punct.end]
+    # A name must start (right after the sentence or a separator) whatever the switch prefers.
+    assert set(allowed_name_tokens(source, [], punct, is_id)) == set(source) - stops
     # A span that is not in the question has no continuation but the list's punctuation.
     assert set(allowed_name_tokens(source, [ids["object"], ids["green"]], punct)) == {
         punct.separator,
@@ -73,11 +81,11 @@ def test_forced_names_are_spans_of_the_question(adapter, image):
 
     copied = names(True)
     for question, row in zip(QUESTIONS, copied):
+        asked = question.split("\n")[0]  # the instruction line is no source of names
         assert row, question  # at least one name per row
-        for name in row:
-            assert (
-                f" {name} ".lower() in f" {question.rstrip('?')} ".lower() or name.lower() in question.lower()
-            )
+        assert all(name.lower() in asked.lower() for name in row), (row, asked)
+    first_line = adapter.tokenizer(QUESTIONS[1].split("\n")[0], add_special_tokens=False).input_ids
+    assert prompts[1].name_source == first_line
     free = names(False)
     assert any(name.lower() not in q.lower() for q, row in zip(QUESTIONS, free) for name in row or ["<none>"])
     adapter.copy_names = False

@@ -135,7 +135,7 @@ class Prompt:
     image_long: bool
     crops: torch.Tensor  # [n, 3, S, S]
     object_long: list[bool]
-    name_source: list[int] = field(default_factory=list)  # the question's ids, which names copy from
+    name_source: list[int] = field(default_factory=list)  # the question's first line: names copy from it
 
 
 class SwitchAdapter:
@@ -227,7 +227,8 @@ class SwitchAdapter:
                 for o in instances
             ]
             crops = proc(crops, return_tensors="pt")["pixel_values"]
-        source = self.tokenizer(question.replace(IMAGE_PLACEHOLDER, "").strip(), add_special_tokens=False)
+        asked = question.replace(IMAGE_PLACEHOLDER, "").strip().split("\n", 1)[0]  # instructions follow
+        source = self.tokenizer(asked, add_special_tokens=False)
         return Prompt(ids, pixels, image_long, crops, object_long, source.input_ids)
 
     def collate(self, prompts: list[Prompt]) -> dict[str, torch.Tensor]:

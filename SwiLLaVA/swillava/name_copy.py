@@ -8,10 +8,17 @@ sentence, every token that would make the names stop being a list of question sp
 
     names := span ("," span)* "." EOS        span := one or more consecutive tokens of the question
 
-The question's own tokens are the source (`Prompt.name_source`), so the constraint is a token-level
-copy that works with any tokenizer in which a word reads the same inside the question and inside the
-list (SentencePiece / Llama: `▁green ▁object` in both). Before and outside the sentence nothing is
-constrained: the switch still decides freely whether to answer or to ask for System 2.
+The question's own tokens are the source (`Prompt.name_source`: its first line, since LLaVA puts
+answer-format instructions such as the short-answer suffix on later lines), so the constraint is a
+token-level copy that works with any tokenizer in which a word reads the same inside the question and
+inside the list (SentencePiece / Llama: `▁green ▁object` in both). Before and outside the sentence
+nothing is constrained: the switch still decides freely whether to answer or to ask for System 2.
+
+The list goes on only where the switch itself would write the separator. Once a name could end, a
+switch whose own next token fits no question span is not naming another object (made to start the
+sentence about a question it could answer, it goes on "cyan object is plain"): the list ends there.
+Without that rule every such name ended with the best token left, the separator, and the switch went
+on to name `object`, `or`, `question` after `cyan object`.
 
 Cost: a scan of the question (tens of tokens) per row and step, negligible against a decoding step.
 """
@@ -49,9 +56,12 @@ class NameListTokens:
 
 
 def allowed_name_tokens(
-    source: Sequence[int], names: Sequence[int], punctuation: NameListTokens
+    source: Sequence[int], names: Sequence[int], punctuation: NameListTokens, preferred: int | None = None
 ) -> list[int]:
-    """The tokens that keep `names` (the ids written after the sentence) a prefix of a valid list."""
+    """The tokens that keep `names` (the ids written after the sentence) a prefix of a valid list.
+
+    `preferred`: the token the switch would write unconstrained. Where a name could end and that
+    token is neither a continuation of the name nor the list's punctuation, only the end is allowed."""
     if punctuation.end in names:
         return [punctuation.eos]
     current: list[int] = []
@@ -64,7 +74,10 @@ def allowed_name_tokens(
     follow = {
         source[i + n] for i in range(len(source) - n) if list(source[i : i + n]) == current
     } - stops  # fmt: skip
-    return sorted(follow | {punctuation.separator, punctuation.end})
+    allowed = follow | {punctuation.separator, punctuation.end}
+    if preferred is not None and preferred not in allowed:
+        return [punctuation.end]
+    return sorted(allowed)
 
 
 class NameCopyProcessor(LogitsProcessor):
@@ -86,10 +99,12 @@ class NameCopyProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         k = len(self.sentence)
+        preferred = scores.argmax(-1).tolist()
         for row, (generated, source) in enumerate(zip(input_ids.tolist(), self.sources)):
             if not source or len(generated) < k or generated[:k] != self.sentence:
                 continue
-            allowed = torch.tensor(allowed_name_tokens(source, generated[k:], self.punctuation))
+            allowed = allowed_name_tokens(source, generated[k:], self.punctuation, preferred[row])
+            allowed = torch.tensor(allowed)
             keep = scores[row, allowed.to(scores.device)]
             scores[row] = float("-inf")
             scores[row, allowed.to(scores.device)] = keep
