@@ -104,8 +104,8 @@ class NameCopyProcessor(LogitsProcessor):
             if not source or len(generated) < k or generated[:k] != self.sentence:
                 continue
             allowed = allowed_name_tokens(source, generated[k:], self.punctuation, preferred[row])
-            allowed = torch.tensor(allowed)
-            keep = scores[row, allowed.to(scores.device)]
+            allowed = torch.tensor(allowed, device=scores.device)
+            keep = scores[row, allowed]
             scores[row] = float("-inf")
-            scores[row, allowed.to(scores.device)] = keep
+            scores[row, allowed] = keep
         return scores
