@@ -229,3 +229,28 @@ def test_switch_data_is_asked_in_every_phrasing_and_calibration_is_held_out(toy_
     assert calib and bench
     bench_bytes = {p.read_bytes() for p in bench}
     assert not any(p.with_suffix(".jpg").read_bytes() in bench_bytes for p in calib)
+
+
+def test_training_asks_vstars_position_question_with_the_side_that_holds_the_target(toy_world):
+    """V*'s relative-position questions are learnable: System 1's and the switch's training data ask
+    them in V*'s words, answered with the half of the image that holds the target's centre."""
+    pg = toy_world["playground"]
+    toy = pg / "data" / "toy"
+    template = r"Is the (\w+) object on the left or right side of the image\?"
+    for path in (pg / "data/eval/vstar_toy/relative_position").glob("*.json"):
+        assert re.fullmatch(template, json.loads(path.read_text())["question"]), path
+    asked = 0
+    for rec in json.loads((toy / "llava_toy_instruct.json").read_text()):
+        turns = rec["conversations"]
+        width = Image.open(toy / "images" / rec["image"]).width
+        x1, _, x2, _ = json.loads(turns[-1]["value"])  # the grounding box, on the padded square
+        for q, a in zip(turns[0:-2:2], turns[1:-2:2]):
+            m = re.search(template, q["value"])
+            if not m:
+                continue
+            asked += 1
+            side = "left" if (x1 + x2) / 2 < 0.5 else "right"
+            assert a["value"] in (side, f"The {m.group(1)} object is on the {side}."), (q, a, width)
+    assert 0 < asked < len(json.loads((toy / "llava_toy_instruct.json").read_text()))
+    direct = json.loads((toy / "seal" / "toy_direct_data.json").read_text())
+    assert any("left or right" in c["value"] for rec in direct for c in rec["conversations"])

@@ -36,7 +36,7 @@ SEG_CLASSES = ("background", "clutter", *(f"{c} object" for c in COLORS))
 class Question:
     text: str  # without the short-answer suffix
     answer: str
-    kind: str  # "pattern" | "color"
+    kind: str  # "pattern" | "color" | "position"
     difficulty: str  # "easy" | "hard"
     target_name: str  # how the question refers to the target, and so how the switch names it
 
@@ -63,6 +63,19 @@ def position_answer(t: Target, width: int) -> str:
     return "left" if x + w / 2 < width / 2 else "right"
 
 
+def position_question(t: Target, width: int) -> Question:
+    """V*'s relative-position question about the target, asked as V*Bench asks it. Always easy: the
+    colour shows at every size, and so does the half of the image that holds it. Training asks it
+    too, so that System 1, the ROI adapter and the switch can answer it rather than guess."""
+    return Question(
+        f"Is the {t.color} object on the left or right side of the image?",
+        position_answer(t, width),
+        "position",
+        "easy",
+        t.name,
+    )
+
+
 _PATTERN_PREDICATES = {
     "horizontal stripes": "has horizontal stripes",
     "vertical stripes": "has vertical stripes",
@@ -73,7 +86,12 @@ _PATTERN_PREDICATES = {
 
 def sentence_answer(q: Question) -> str:
     """The conversational answer: the question's subject, as the question names it, then the answer."""
-    predicate = _PATTERN_PREDICATES[q.answer] if q.kind == "pattern" else f"is {q.answer}"
+    if q.kind == "pattern":
+        predicate = _PATTERN_PREDICATES[q.answer]
+    elif q.kind == "position":
+        predicate = f"is on the {q.answer}"
+    else:
+        predicate = f"is {q.answer}"
     return f"The {q.target_name} {predicate}."
 
 
@@ -250,7 +268,9 @@ def _train_item(seed: int, img_root: Path, i: int) -> tuple:
     rel = f"train/{i:06d}.jpg"
     _save_image(scene.image, img_root / rel)
     rng = random.Random(f"{seed}-train-q-{i}")
-    questions = [pattern_question(t), color_question(t)]
+    # The pattern question, and half the time the colour question, half the time V*'s position one.
+    second = color_question(t) if rng.random() < 0.5 else position_question(t, width)
+    questions = [pattern_question(t), second]
     rng.shuffle(questions)
     convs = []
     for k, q in enumerate(questions):
@@ -387,9 +407,9 @@ def _write_vstar(seed: int, n: int, root: Path, split: str = "vstar") -> int:
             options, category = [q.answer, *rng.sample(others, 3)], "direct_attributes"
             question = q.text
         else:
-            answer = position_answer(t, scene.image.size[0])
-            options, category = [answer, "right" if answer == "left" else "left"], "relative_position"
-            question = f"Is the {t.color} object on the left or right side of the image?"
+            q = position_question(t, scene.image.size[0])
+            options, category = [q.answer, "right" if q.answer == "left" else "left"], "relative_position"
+            question = q.text
         stem = f"toy_{i:04d}"
         _save_image(scene.image, root / category / f"{stem}.jpg")
         _write_json(
