@@ -101,8 +101,10 @@ SYSTEM1_FINETUNE = {"MAX_STEPS": "900", "BATCH": "16", "LR": "1e-3"}
 # in two runs; with 16x, 83-91% in two. Across seeds 580 steps covered 90.7/75.4/87.1% (seeds 0/1/2):
 # seed 1's adapter wrote the far side of boxes at the image edge as 0.9 instead of 1.0 (18 of its 26
 # edge targets). 700 steps covered 91.4/87.0/87.1% (edge misses 8 on seed 1); the rank stays 4, as r8
-# (+79k parameters) would take the agent past its 1.1x memory target. 700 steps of 4 take 0.48-0.55 s
-# each on one busy CPU thread, about 0.19 s on two quiet ones: the stage stays near 2.5 minutes.
+# (+79k parameters) would take the agent past its 1.1x memory target. 700 steps of 4 take 0.33 s each
+# on two quiet CPU threads (0.26 s of it the model's forward and backward), 0.48-0.55 s on one busy
+# thread; with start-up and the 400-question evaluation the stage takes about 4.7 minutes quietly.
+# Two samples a step (700 steps) covered 84.1% on seed 1, against 87.0% with four.
 ROI_TRAIN = {
     "MAX_STEPS": "700",
     "BATCH": "4",

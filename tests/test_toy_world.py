@@ -152,8 +152,10 @@ def test_formats(toy_world):
 
     negatives = json.loads((toy / "seal" / "toy_negative_data.json").read_text())
     focus = json.loads((toy / "seal" / "toy_focus_data.json").read_text())
-    # one negative record per small-target image, one turn per hard question; one focus record each
-    assert sum(len(rec["conversations"]) // 2 for rec in negatives) == len(focus) > 0
+    # one negative record per small-target image, one turn per hard question; one focus record each,
+    # and one for each left/right question about a large target
+    position_focus = [rec for rec in focus if "left or right" in rec["conversations"][0]["value"]]
+    assert sum(len(rec["conversations"]) // 2 for rec in negatives) == len(focus) - len(position_focus) > 0
     for rec in negatives:
         names = [inst["name"] for inst in rec["target_instances"]]
         answers = [c["value"] for c in rec["conversations"][1::2]]
@@ -254,3 +256,9 @@ def test_training_asks_vstars_position_question_with_the_side_that_holds_the_tar
     assert 0 < asked < len(json.loads((toy / "llava_toy_instruct.json").read_text()))
     direct = json.loads((toy / "seal" / "toy_direct_data.json").read_text())
     assert any("left or right" in c["value"] for rec in direct for c in rec["conversations"])
+    # System 2 asks it with the target as evidence: the switch learns that too
+    focus = json.loads((toy / "seal" / "toy_focus_data.json").read_text())
+    position_focus = [rec for rec in focus if "left or right" in rec["conversations"][0]["value"]]
+    assert position_focus and all(
+        rec["search"] and len(rec["target_instances"]) == 1 for rec in position_focus
+    )

@@ -314,6 +314,15 @@ def _train_item(seed: int, img_root: Path, i: int) -> tuple:
         direct_turns.append((text, q.answer if short else sentence_answer(q)))
     direct = [_multi_turn_record(rel, direct_turns)] if easy else []
     focus = [_seal_record(rel, q, t, *phrase(q, switch_rng)) for q in hard]
+    # V*'s left/right question about a large target is also asked with the target as evidence, as
+    # System 2 asks it (SEAL answers its spatial questions from the searched objects); its own phrasing
+    # draws leave every other record as it was.
+    position_rng = random.Random(f"{seed}-switch-position-focus-{i}")
+    focus += [
+        _seal_record(rel, q, t, *phrase(q, position_rng))
+        for q in questions
+        if q.kind == "position" and t.size == "large"
+    ]
     negative = []
     if hard:
         negative.append(
