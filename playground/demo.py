@@ -426,9 +426,11 @@ def vstar_toy_is_hard(bbox: list[float]) -> bool:
 
 
 def vstar_toy_scores(answers_file: Path) -> dict:
-    """Accuracy on easy, hard and all questions, the System-2 rate (overall, hard, easy) and why
-    questions went to System 2 (`route` counts)."""
+    """Accuracy on easy, hard and all questions and per V*Bench category (V*'s own report: attributes
+    and spatial), the System-2 rate (overall, hard, easy) and why questions went to System 2
+    (`route` counts)."""
     counts = {"easy": [0, 0, 0], "hard": [0, 0, 0]}  # questions, correct, System 2
+    by_category: dict[str, list[int]] = {}  # questions, correct
     routes: dict[str, int] = {}
     for line in answers_file.read_text().splitlines():
         meta = json.loads(line)["metadata"]
@@ -436,6 +438,9 @@ def vstar_toy_scores(answers_file: Path) -> dict:
         c[0] += 1
         c[1] += bool(meta["correct"])
         c[2] += meta["system"] == "system2"
+        cat = by_category.setdefault(meta["category"], [0, 0])
+        cat[0] += 1
+        cat[1] += bool(meta["correct"])
         route = meta["trace"].get("route")
         if route:
             routes[route] = routes.get(route, 0) + 1
@@ -449,6 +454,8 @@ def vstar_toy_scores(answers_file: Path) -> dict:
         "system2_rate_easy": se / max(1, ne),
         "n_easy": ne,
         "n_hard": nh,
+        "acc_by_category": {k: ok / n for k, (n, ok) in sorted(by_category.items())},
+        "n_by_category": {k: n for k, (n, _) in sorted(by_category.items())},
         "routes": routes,
     }
 
@@ -533,7 +540,7 @@ def stage_agent_eval() -> dict:
         )
         curve.append({"threshold": t, **r})
     curve.sort(key=lambda p: p["threshold"])
-    keys = ("acc_easy", "acc_hard", "acc_all", "sec_per_question")
+    keys = ("acc_easy", "acc_hard", "acc_all", "acc_by_category", "sec_per_question")
     result = {
         "system1": {k: runs["system1"][k] for k in keys},
         "system2_always": {k: runs["system2_always"][k] for k in keys},

@@ -44,6 +44,12 @@ FIGURES = [
     Figure("FaST acc_hard", ("fast", "acc_hard")),
     Figure("FaST s/question", ("fast", "sec_per_question"), 4),
     Figure("FaST System-2 rate", ("fast", "system2_rate")),
+    # V*Bench's own report: attribute and spatial (left/right) questions apart
+    *(
+        Figure(f"{label} acc {category}", (key, "acc_by_category", category))
+        for key, label in (("system1", "System 1"), ("system2_always", "System 2 always"), ("fast", "FaST"))
+        for category in ("direct_attributes", "relative_position")
+    ),
     Figure("ROI covered (hard)", ("roi", "target_covered_rate_hard")),
     Figure("ROI fallback rate", ("roi", "fallback_rate")),
     Figure("ROI train s", ("timings", "roi_train"), 0),

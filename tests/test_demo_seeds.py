@@ -15,6 +15,7 @@ PASSING = {
         "acc_all": 0.92,
         "sec_per_question": 0.040,
         "system2_rate": 0.3,
+        "acc_by_category": {"direct_attributes": 0.9, "relative_position": 0.975},
     },
     "roi": {"target_covered_rate_hard": 0.90, "fallback_rate": 0.0},
     "switch": {"f1_system2": 0.99, "object_names_exact": 0.97, "no_suffix": {"f1_system2": 0.96}},
@@ -55,6 +56,9 @@ def test_table_per_seed_with_mean_min_and_checks(tmp_path):
     assert _row(table, "FaST acc_all") == ["0.920", "0.880", "n/a", "0.900", "0.880"]
     assert _row(table, "FaST s/question") == ["0.0400", "0.0400", "n/a", "0.0400", "0.0400"]
     assert _row(table, "ROI train s") == ["150", "n/a", "n/a", "150", "150"]
+    # V*Bench's categories apart, from `acc_by_category`
+    assert _row(table, "FaST acc relative_position") == ["0.975", "0.975", "n/a", "0.975", "0.975"]
+    assert _row(table, "System 2 always acc direct_attributes") == ["n/a"] * 3 + ["n/a", "n/a"]
     assert _row(table, "ROI eval s")[0] == "20"
     # the switch rows follow the keys the results hold, the suffix variant included
     assert _row(table, "switch F1") == ["0.990", "0.990", "n/a", "0.990", "0.990"]

@@ -48,6 +48,12 @@ def test_agent_stages_write_results_and_report(demo_paths, toy_world):
     small, large = SMALL_SIDE[1] + 2, 0.9 * LARGE_SIDE[0]  # rasterised shapes: a pixel or so either way
     assert all(s <= small or s >= large for s in sizes)
     assert all((s <= small) == demo.vstar_toy_is_hard([0, 0, s, s]) for s in sizes)
+    # V*Bench's per-category accuracy, counted from the same answers
+    by_category: dict[str, list[bool]] = {}
+    for a in answers:
+        by_category.setdefault(a["metadata"]["category"], []).append(bool(a["metadata"]["correct"]))
+    assert result["fast"]["acc_by_category"] == {k: sum(v) / len(v) for k, v in sorted(by_category.items())}
+    assert sum(runs["n_by_category"].values()) == n
     assert set(demo.agent_results(result)) == {
         "system1", "system2_always", "fast", "fast_no_confidence", "calibration", "curve", "memory",
     }  # fmt: skip
