@@ -241,10 +241,10 @@ def test_training_asks_vstars_position_question_with_the_side_that_holds_the_tar
     template = r"Is the (\w+) object on the left or right side of the image\?"
     for path in (pg / "data/eval/vstar_toy/relative_position").glob("*.json"):
         assert re.fullmatch(template, json.loads(path.read_text())["question"]), path
+    instruct = json.loads((toy / "llava_toy_instruct.json").read_text())
     asked = 0
-    for rec in json.loads((toy / "llava_toy_instruct.json").read_text()):
+    for rec in instruct:
         turns = rec["conversations"]
-        width = Image.open(toy / "images" / rec["image"]).width
         x1, _, x2, _ = json.loads(turns[-1]["value"])  # the grounding box, on the padded square
         for q, a in zip(turns[0:-2:2], turns[1:-2:2]):
             m = re.search(template, q["value"])
@@ -252,8 +252,8 @@ def test_training_asks_vstars_position_question_with_the_side_that_holds_the_tar
                 continue
             asked += 1
             side = "left" if (x1 + x2) / 2 < 0.5 else "right"
-            assert a["value"] in (side, f"The {m.group(1)} object is on the {side}."), (q, a, width)
-    assert 0 < asked < len(json.loads((toy / "llava_toy_instruct.json").read_text()))
+            assert a["value"] in (side, f"The {m.group(1)} object is on the {side}."), (q, a)
+    assert 0 < asked < len(instruct)
     direct = json.loads((toy / "seal" / "toy_direct_data.json").read_text())
     assert any("left or right" in c["value"] for rec in direct for c in rec["conversations"])
     # System 2 asks it with the target as evidence: the switch learns that too
