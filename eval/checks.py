@@ -387,3 +387,74 @@ def load_json_records(path: str | Path) -> list[dict]:
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data
+
+
+RUN_DATA_RECORD = "run_data.json"
+
+
+def data_digest(path: str | Path) -> str:
+    """sha1 of a data file, or of a data folder's JSON files (names and contents; images are not read)."""
+    import hashlib
+
+    from .qa_files import file_digest
+
+    p = Path(path)
+    if not p.is_dir():
+        return file_digest(p)
+    h = hashlib.sha1()
+    for f in sorted(p.glob("*.json*")):
+        h.update(f"{f.name} {file_digest(f)}\n".encode())
+    return h.hexdigest()
+
+
+def resume_checkpoint(
+    output_dir: str | Path,
+    *,
+    files: dict[str, str | None],
+    settings: dict | None = None,
+    checkpoint: str | None = None,
+    auto: bool = True,
+) -> str | None:
+    """The checkpoint a training run resumes from (`checkpoint`, else with `auto` the last `checkpoint-*`
+    in `output_dir`), once it is known to come from the same data; then this run's data record is written
+    for the next resume (rank 0).
+
+    A checkpoint of other data would continue, or if finished silently stand for, a run on the new data:
+    that stops here, naming what changed. `files` are the data files by role, compared by content (a
+    moved file with the same bytes resumes; a folder by its JSON files); `settings` are the data choices
+    that are not files. An output folder written before these records resumes as before.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(output_dir)
+    if checkpoint is None and auto and out.is_dir():
+        checkpoint = get_last_checkpoint(str(out))
+    record = {
+        "files": {role: {"path": str(p), "sha1": data_digest(p)} for role, p in files.items() if p},
+        "settings": settings or {},
+    }
+    previous = out / RUN_DATA_RECORD
+    if checkpoint and previous.is_file():
+        old = json.loads(previous.read_text())
+        changed = [
+            f"{role} ({new['path']})"
+            for role, new in record["files"].items()
+            if old["files"].get(role, {}).get("sha1") != new["sha1"]
+        ]
+        changed += [f"{role} (no longer given)" for role in old["files"] if role not in record["files"]]
+        changed += [
+            f"{key} ({old['settings'].get(key)!r} → {value!r})"
+            for key, value in record["settings"].items()
+            if old["settings"].get(key) != value
+        ]
+        if changed:
+            raise InputError(
+                f"{checkpoint} was trained on other data: {', '.join(changed)} changed since; delete "
+                f"{out} or train into another output folder"
+            )
+    if int(os.environ.get("RANK", "0")) == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = previous.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(previous)
+    return checkpoint

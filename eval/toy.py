@@ -62,8 +62,11 @@ def _area(a) -> float:
     return max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
 
 
-def toy_roi_metrics(answers_file: str | Path, annotations_file: str | Path, *, cover: float = 0.9) -> dict:
-    """The ROI adapter's acceptance numbers from two-stage answers (`metadata.roi_box`, `fallback`).
+def toy_roi_metrics(
+    answers_file: str | Path, annotations_file: str | Path, *, cover: float = 0.9, two_stage: bool = True
+) -> dict:
+    """The ROI adapter's acceptance numbers from its answers (`metadata.roi_box`, `fallback`); with
+    `two_stage`, the accuracy of the stage-2 answers too (a region-only adapter answers with its region).
 
     A ROI covers the target when at least `cover` of the target box lies inside it; a fallback to
     the full image proposes no region and never counts as covering. IoU is taken against the
@@ -87,12 +90,13 @@ def toy_roi_metrics(answers_file: str | Path, annotations_file: str | Path, *, c
         label = ann["roi_box"]
         inter = _intersection(roi, label)
         iou50 += inter / max(1e-9, _area(roi) + _area(label) - inter) >= 0.5
-    acc = toy_accuracy(answers_file, annotations_file)
-    return {
+    metrics = {
         "target_covered_rate_hard": covered / max(1, n_hard),
         "mean_roi_side_frac": sum(sides) / max(1, len(sides)),
         "iou50_rate_hard": iou50 / max(1, n_hard),
-        "acc_hard_two_stage": acc["acc_hard"],
-        "acc_easy_two_stage": acc["acc_easy"],
         "fallback_rate": fallbacks / max(1, len(annotations)),
     }
+    if two_stage:
+        acc = toy_accuracy(answers_file, annotations_file)
+        metrics |= {"acc_hard_two_stage": acc["acc_hard"], "acc_easy_two_stage": acc["acc_easy"]}
+    return metrics

@@ -113,6 +113,23 @@ def test_four_turn_conversation_labels_and_images(toy, padded_processor, model_c
     torch.testing.assert_close(item["pixel_values"], expected)
 
 
+def test_region_only_is_the_first_turn_with_the_global_image(toy, padded_processor, model_config):
+    tok = padded_processor.tokenizer
+    full = make(toy, padded_processor, model_config, seed=3)
+    region = make(toy, padded_processor, model_config, seed=3, region_only=True)
+    index = 5
+    turns, images = full.turns_and_images(index)
+    item = region[index]
+    # the same question and box as the whole conversation's first turn, the global view alone
+    assert region.turns_and_images(index) == (turns[:1], images[:1])
+    assert item["pixel_values"].shape[0] == 1
+    supervised = [
+        i for i, label in zip(item["input_ids"].tolist(), item["labels"].tolist()) if label != IGNORE_INDEX
+    ]
+    assert supervised == tok(turns[0][1], add_special_tokens=False).input_ids + [tok.eos_token_id]
+    assert len(item["input_ids"]) < len(full[index]["input_ids"]) / 2
+
+
 def test_other_wording_is_a_flag(toy, padded_processor, model_config):
     turns, _ = make(toy, padded_processor, model_config, wording="what").turns_and_images(0)
     assert turns[0][0].endswith(", what is the region of interest in the image?")

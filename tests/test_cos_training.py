@@ -71,6 +71,23 @@ def test_finetune_lora_two_steps_saves_adapter_with_projector(tiny_base, toy_wor
     assert not torch.equal(projector["linear_1.weight"], base["linear_1.weight"])  # the projector trained
     assert processor.image_processor.do_pad
 
+    # The run's data record: a rerun on other ROI data stops, in seconds, instead of resuming the old checkpoint.
+    record = json.loads((out / "run_data.json").read_text())
+    assert record["settings"]["roi_region_only"] is False and set(record["files"]) == {
+        "data_path",
+        "roi_data_path",
+    }
+    rois = json.loads(Path(env["ROI_DATA"]).read_text())
+    first = next(iter(rois))
+    rois[first]["params"][2] += 1
+    changed = tmp_path / "chain-of-spot-changed.json"
+    changed.write_text(json.dumps(rois))
+    log = run_script(
+        "scripts/v1_5/finetune_lora.sh", {**env, "ROI_DATA": str(changed)}, tmp_path, returncode=2
+    )
+    assert f"error: {out}/checkpoint-2 was trained on other data: roi_data_path ({changed}) changed" in log
+    assert "Loading weights" not in log and json.loads((out / "run_data.json").read_text()) == record
+
 
 def test_frozen_projector_is_neither_trained_nor_saved(tiny_base, tmp_path):
     """`--freeze_mm_mlp_adapter`: the adapter is LoRA only and reuses the base's projector."""

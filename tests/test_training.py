@@ -21,7 +21,7 @@ def key(state: dict, suffix: str) -> str:
     return match
 
 
-def run_script(script, env, tmp_path):
+def run_script(script, env, tmp_path, returncode=0):
     full_env = {
         **os.environ,
         "BF16": "False",
@@ -37,7 +37,7 @@ def run_script(script, env, tmp_path):
         ["bash", script], cwd=ROI, env=full_env, capture_output=True, text=True, timeout=600
     )
     (tmp_path / "log.txt").write_text(proc.stdout + proc.stderr)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == returncode, (proc.stdout + proc.stderr)[-4000:]
     return proc.stdout + proc.stderr
 
 

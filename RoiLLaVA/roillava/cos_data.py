@@ -9,6 +9,10 @@ becomes (prompts from `roi.py`):
 4. model the record's answer to q; then every other turn in order, the first prefixed
    "Now answer the following questions based on the raw image: ".
 
+With `region_only` the record is turns 1–2 alone, with the global image only: the ROI adapter
+learns the region, which is all the agent asks it for; the stage-2 answer and the raw-image turns
+are left out (less than half the tokens of a toy record).
+
 The ROI comes from the Chain-of-Spot JSON, key `f"{i:06d}_{id with / → _}_q{k}"`, value
 `{"params": [top, left, side]}` in original pixels, converted by `cos_box_from_params`. The
 two images are the global view and `crop_padded(image, box)` (padded to square again by the
@@ -48,6 +52,7 @@ from .roi import (
     RAW_IMAGE_PREFIX,
     chain_of_spot_turns,
     check_wording,
+    roi_question,
     strip_image_placeholders,
 )
 
@@ -107,6 +112,7 @@ class ChainOfSpotDataset(LazySupervisedDataset):
         roi_data_path: str,
         seed: int = 0,
         wording: str = DEFAULT_ROI_WORDING,
+        region_only: bool = False,
         **kwargs,
     ):
         super().__init__(data_path, image_folder, **kwargs)
@@ -117,6 +123,7 @@ class ChainOfSpotDataset(LazySupervisedDataset):
         self.roi_data_path = Path(roi_data_path)
         self.rois = load_roi_file(self.roi_data_path)
         self.wording = check_wording(wording)
+        self.region_only = region_only
         self.seed = seed
         self.epoch = 0
         self.audit = self._audit()
@@ -173,6 +180,8 @@ class ChainOfSpotDataset(LazySupervisedDataset):
             self.stats["roi_fallback"] += 1
             box = list(FULL_IMAGE_BOX)
         question, answer = turns[k]
+        if self.region_only:
+            return [(roi_question(question, self.wording), str(box))], [image]
         rest = [t for j, t in enumerate(turns) if j != k]
         if rest:
             rest[0] = (RAW_IMAGE_PREFIX + rest[0][0], rest[0][1])

@@ -172,6 +172,9 @@ class RoiConfig:
     # Stage 1 decodes under the box grammar (`box_grammar`): every box it finishes is usable.
     # False decodes freely, as Chain-of-Spot does.
     constrained_box: bool = True
+    # Stage 1 alone, the answer being the region's text: an adapter trained on the region turn only
+    # (`--roi_region_only`) has no stage-2 answer; the agent asks every ROI adapter for its region only.
+    region_only: bool = False
 
     def __post_init__(self):
         check_wording(self.wording)
@@ -299,6 +302,10 @@ def answer_two_stage(
         stage1 = [stage1_prompt(questions[i], images[i][0], **kw) for i in visual]
         roi_texts, constrained = generate_roi_texts(model, processor, stage1, config)
         rois = [parse_roi_box(t, config.min_side) for t in roi_texts]
+        if config.region_only:
+            for i, roi_text, roi in zip(visual, roi_texts, rois):
+                results[i] = TwoStageAnswer(roi_text, roi_text, roi, constrained)
+            return results
         stage2 = [
             stage2_prompt(questions[i], images[i][0], t, roi, instruction=instructions[i], **kw)
             for i, t, roi in zip(visual, roi_texts, rois)

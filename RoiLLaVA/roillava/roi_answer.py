@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .answer import add_answer_args, answer_errors, check_answer_args, load_from_args
 from .roi import DEFAULT_MIN_SIDE, ROI_WORDINGS, RoiConfig, resolve_roi_wording, roi_answer_file
+from .wording import recorded_region_only
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,7 +47,12 @@ def main(argv: list[str] | None = None) -> None:
         roi_max_new_tokens=args.roi_max_new_tokens,
         max_new_tokens=args.max_new_tokens,
         constrained_box=args.constrained_box,
+        region_only=recorded_region_only(args.model_path),
     )
+    if config.region_only:
+        print(
+            "the adapter was trained on the region turn alone: each answer is its stage-1 region", flush=True
+        )
     from eval.checks import fail
     from eval.logs import quiet_third_party
     from eval.qa_files import model_signature

@@ -23,7 +23,6 @@ import torch
 import transformers
 from transformers import HfArgumentParser, Trainer, TrainerCallback
 from transformers.trainer import SCHEDULER_NAME
-from transformers.trainer_utils import get_last_checkpoint
 
 from .cos_data import ChainOfSpotDataset
 from .data import (
@@ -82,6 +81,13 @@ class DataArguments:
     roi_wording: str = field(
         default="where",
         metadata={"help": "ROI prompt: where (ours, train and test) | what (Chain-of-Spot's test prompt)"},
+    )
+    roi_region_only: bool = field(
+        default=False,
+        metadata={
+            "help": "train the stage-1 turn alone (global image + question → ROI box); the agent asks "
+            "the ROI adapter for the region only. Default: Chain-of-Spot's whole conversation"
+        },
     )
 
 
@@ -295,10 +301,29 @@ def dataset_choice(dataset_cls, dataset_kwargs, data_args: DataArguments, traini
     kwargs = {
         "roi_data_path": data_args.roi_data_path,
         "wording": data_args.roi_wording,
+        "region_only": data_args.roi_region_only,
         "seed": training_args.seed,
         **(dataset_kwargs or {}),
     }
     return ChainOfSpotDataset, kwargs
+
+
+def resume_point(output_dir: str, data_args: DataArguments) -> str | None:
+    """The last checkpoint in `output_dir`, if it was trained on this data (else a one-line exit)."""
+    from eval.checks import InputError, fail, resume_checkpoint
+
+    try:
+        return resume_checkpoint(
+            output_dir,
+            files={"data_path": data_args.data_path, "roi_data_path": data_args.roi_data_path},
+            settings={
+                "image_aspect_ratio": data_args.image_aspect_ratio,
+                "roi_wording": data_args.roi_wording,
+                "roi_region_only": data_args.roi_region_only,
+            },
+        )
+    except InputError as e:
+        raise fail(e) from None
 
 
 def load_processor(model_args: ModelArguments, data_args: DataArguments):
@@ -387,6 +412,7 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
                 dataset_cls, model_args, data_args, training_args, processor, model_config, **dataset_kwargs
             )
         )
+    last = resume_point(training_args.output_dir, data_args)
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     # Seeded before the model: the LoRA matrices are drawn when they are added, before the Trainer seeds.
     transformers.set_seed(training_args.seed)
@@ -425,7 +451,11 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
 
     config = run_config(model_args, data_args, training_args)
     roi_config = (
-        RoiConfig(wording=data_args.roi_wording, template=model_args.version)
+        RoiConfig(
+            wording=data_args.roi_wording,
+            template=model_args.version,
+            region_only=data_args.roi_region_only,
+        )
         if data_args.roi_data_path
         else None
     )
@@ -440,7 +470,6 @@ def train(argv: list[str] | None = None, dataset_cls=LazySupervisedDataset, data
         + ([EpochCallback(dataset)] if hasattr(dataset, "set_epoch") else []),
         projector_only=model_args.tune_mm_mlp_adapter,
     )
-    last = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
     if last:
         logger.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)

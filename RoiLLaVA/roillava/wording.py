@@ -44,6 +44,15 @@ def recorded_template(model_dir: str | Path) -> str:
     return DEFAULT_TEMPLATE
 
 
+def recorded_region_only(model_dir: str | Path) -> bool:
+    """Whether the adapter was trained on the region turn alone (`roi_config.json`, `region_only`): its
+    answers are stage 1's region; every older or converted checkpoint answers in two stages."""
+    try:
+        return bool(json.loads((Path(model_dir) / ROI_CONFIG_FILE).read_text()).get("region_only", False))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
 def recorded_roi_wording(model_dir: str | Path) -> tuple[str, str] | None:
     """(wording, where it is recorded) for a checkpoint directory, or None when it records none.
 

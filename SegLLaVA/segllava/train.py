@@ -236,6 +236,28 @@ def read_data(args: SegTrainArgs) -> tuple[list | None, list]:
     return sources, items
 
 
+def resume_point(args: SegTrainArgs) -> str | None:
+    """`--resume`, else with `--auto_resume` the last checkpoint in `--output_dir`, if it was trained on the
+    same data choices (else a one-line exit; the dataset folders are too large to read for this);
+    `--eval_only` reads it as it is."""
+    from eval.checks import InputError, fail, resume_checkpoint
+
+    out = args.output_dir
+    if args.eval_only:
+        return args.resume or (get_last_checkpoint(str(out)) if args.auto_resume and out.is_dir() else None)
+    data = ("dataset", "sample_rates", "sem_seg_data", "refer_seg_data", "vqa_data", "reason_seg_data")
+    try:
+        return resume_checkpoint(
+            out,
+            files={},
+            settings={key: getattr(args, key) for key in data},
+            checkpoint=args.resume or None,
+            auto=args.auto_resume,
+        )
+    except InputError as e:
+        raise fail(e) from None
+
+
 def build_sources(args: SegTrainArgs) -> list:
     root = Path(args.dataset_dir)
     k = args.num_classes_per_sample
@@ -473,6 +495,7 @@ def train(argv: list[str] | None = None) -> None:
     modes = ("teacher", "generate") if args.eval_mode == "both" else (args.eval_mode,)
     sources, items = read_data(args)
     hf_args = training_arguments(args)  # first: it sets up the distributed environment DeepSpeed needs
+    last = resume_point(args)
     from eval.logs import quiet_third_party
 
     quiet_third_party()  # DeepSpeed, imported by now, resets its logger's level on import
@@ -484,7 +507,6 @@ def train(argv: list[str] | None = None) -> None:
 
     run_config = {"args": asdict(args), "segllava": asdict(seg.seg_config)}
     out = args.output_dir
-    last = args.resume or (get_last_checkpoint(str(out)) if args.auto_resume and out.is_dir() else None)
     if args.eval_only:
         if last:
             load_checkpoint_weights(seg, Path(last))

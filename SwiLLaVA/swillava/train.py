@@ -22,7 +22,6 @@ import torch
 import transformers
 from transformers import AutoConfig, HfArgumentParser, LlavaForConditionalGeneration, Trainer
 from transformers.integrations import is_deepspeed_zero3_enabled
-from transformers.trainer_utils import get_last_checkpoint
 
 from .data import SealCollator, SealDataset, data_files, load_json_records
 from .model import (
@@ -279,6 +278,20 @@ def dry_run(dataset) -> None:
         raise SystemExit(1)
 
 
+def resume_point(output_dir: str, data_args: DataArguments) -> str | None:
+    """The last checkpoint in `output_dir`, if it was trained on this data (else a one-line exit)."""
+    from eval.checks import InputError, fail, resume_checkpoint
+
+    try:
+        return resume_checkpoint(
+            output_dir,
+            files={"data_path": data_args.data_path},
+            settings={"image_aspect_ratio": data_args.image_aspect_ratio},
+        )
+    except InputError as e:
+        raise fail(e) from None
+
+
 def train(argv: list[str] | None = None) -> None:
     from eval.checks import parse_training_args
 
@@ -309,6 +322,7 @@ def train(argv: list[str] | None = None) -> None:
         quantization = quantization_config(
             training_args.bits, dtype, training_args.quant_type, training_args.double_quant
         )
+    last = None if data_args.dry_run else resume_point(training_args.output_dir, data_args)
     if data_args.dry_run:  # the model's shapes on the meta device, no weights: the dataset needs its layout
         with torch.device("meta"):
             llava = LlavaForConditionalGeneration(AutoConfig.from_pretrained(model_args.model_name_or_path))
@@ -405,7 +419,6 @@ def train(argv: list[str] | None = None) -> None:
         projectors_only=projectors_only,
     )
     out = Path(training_args.output_dir)
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if last:
         logger.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
