@@ -2,6 +2,7 @@
 
 import copy
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -193,6 +194,11 @@ def test_two_stage_batched_equals_single(val, padded_processor, llava):
     batched = answer_two_stage(model, padded_processor, qs, ims, config)
     single = [answer_two_stage(model, padded_processor, [q], [im], config)[0] for q, im in zip(qs, ims)]
     assert batched == single
+    # a region-only adapter's answer is its stage-1 region: the same region, no stage 2
+    regions = answer_two_stage(model, padded_processor, qs, ims, replace(config, region_only=True))
+    assert [(a.text, a.roi_text, a.roi) for a in regions] == [
+        (a.roi_text, a.roi_text, a.roi) for a in batched
+    ]
 
 
 def test_random_model_falls_back_and_run_resumes(val, tiny_base, padded_processor, llava, tmp_path):

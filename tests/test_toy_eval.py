@@ -80,6 +80,9 @@ def test_roi_metrics(tmp_path):
     assert m["mean_roi_side_frac"] == pytest.approx((0.5 + 0.2 + 1.0 + 1.0) / 4)
     assert m["fallback_rate"] == pytest.approx(2 / 4)
     assert m["acc_hard_two_stage"] == pytest.approx(1 / 3) and m["acc_easy_two_stage"] == 1.0
+    # a region-only adapter answers with its region: the same region figures, no answer accuracy
+    region = toy_roi_metrics(*write(tmp_path, annotations, answers), two_stage=False)
+    assert region == {k: v for k, v in m.items() if not k.endswith("_two_stage")}
 
 
 def test_duplicate_answers_are_an_error(tmp_path):

@@ -237,7 +237,7 @@ def read_data(args: SegTrainArgs) -> tuple[list | None, list]:
 
 
 def resume_point(args: SegTrainArgs) -> str | None:
-    """`--resume`, else with `--auto_resume` the last checkpoint in `--output_dir`, if it was trained on the
+    """`--resume`, else with `--auto_resume` the last checkpoint of the run folder, if it was trained on the
     same data choices (else a one-line exit; the dataset folders are too large to read for this);
     `--eval_only` reads it as it is."""
     from eval.checks import InputError, fail, resume_checkpoint
