@@ -103,7 +103,8 @@ SYSTEM1_FINETUNE = {"MAX_STEPS": "900", "BATCH": "16", "LR": "1e-3"}
 # for its region only, and a record is then 149 tokens instead of Chain-of-Spot's 323, so a step costs
 # 0.16 s instead of 0.34 s on two quiet CPU threads. On the whole conversation, 700 steps covered
 # 92.7/88.4/93.6% (seeds 0/1/2) in a stage of 280 s; on the region turn, 700 steps covered
-# 94.7/85.5/93.6% in 139 s, and on seed 1 850 steps 89.9%, 700 steps of 5 90.6%, 700 at 3e-3 72.5%.
+# 94.7/85.5/93.6% (seed 1's stage: 139 s), 700 steps of 5 90.6% and 700 at 3e-3 72.5% of seed 1's,
+# and 850 steps 91.4/89.9/92.9% in a stage of 151 s (seed 0: 137 s training, 14 s evaluation).
 ROI_TRAIN = {
     "MAX_STEPS": "850",
     "BATCH": "4",
