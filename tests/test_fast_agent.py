@@ -840,3 +840,27 @@ def test_confidence_threshold_is_checked():
         AgentConfig(
             base="b", switch="s", mode="system1", switch_decision="generate", confidence_threshold=0.2
         )
+
+
+def test_vision_memo_encodes_each_distinct_row_once_and_returns_the_towers_output():
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from fast.vision_cache import VisionMemo
+
+    torch.manual_seed(0)
+    tower = CLIPVisionModel(
+        CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         image_size=32, patch_size=16)
+    ).eval()  # fmt: skip
+    a, b, c = torch.randn(3, 3, 32, 32)
+    batch = torch.stack([a, b, a, c, b])
+    expected = tower(batch, output_hidden_states=True).hidden_states[-2]
+    memo = VisionMemo(tower, keep_layers=[-2])
+    with torch.no_grad(), memo.scope():
+        first = tower(batch)
+        assert memo.encoded_rows == 3  # a, b and c, each once within the call
+        again = tower(torch.stack([c, a]))
+        assert memo.encoded_rows == 3  # and never again inside the scope
+    torch.testing.assert_close(first.hidden_states[-2], expected)
+    torch.testing.assert_close(again.hidden_states[-2], expected[[3, 0]])
+    assert first.hidden_states[0] is None  # layers nobody selects are not kept
