@@ -29,7 +29,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from roillava.wording import ROI_WORDINGS, resolve_roi_wording  # torch-free
+from roillava.wording import ROI_WORDINGS, recorded_region_only, resolve_roi_wording  # torch-free
 
 from .answers import answered_ids, merge_files, read_answers
 from .benchmarks import BENCHMARKS, Benchmark, BenchPaths, ScoreInput, source_id
@@ -196,6 +196,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         raise SystemExit("only greedy decoding is supported (--temperature 0), as in LLaVA-1.5's evaluation")
     if cfg.mode == "cos" and not cfg.roi_path:
         raise SystemExit("--mode cos needs --roi-path (the ROI adapter)")
+    if cfg.mode == "cos" and recorded_region_only(cfg.roi_path):
+        raise SystemExit(
+            f"--roi-path {cfg.roi_path} was trained on the region turn alone (roi_config.json: region_only): "
+            "it proposes regions and has no stage-2 answer; evaluate it inside FaST (--mode fast)"
+        )
     if cfg.mode == "fast" and not cfg.switch_path:
         raise SystemExit("--mode fast needs --switch-path (and --roi-path / --seg-path for its evidence)")
     if not 0 <= cfg.chunk_idx < cfg.num_chunks:

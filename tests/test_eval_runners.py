@@ -312,6 +312,15 @@ def test_vstar_cos_mode(tiny_base, eval_root):
         assert {"option_losses", "choice", "roi_box", "roi_text", "fallback"} <= set(r["metadata"])
 
 
+def test_cos_mode_refuses_a_region_only_roi_adapter(tiny_base, eval_root, tmp_path):
+    """An adapter trained on the region turn alone has no stage-2 answer: one line, before any model loads."""
+    adapter = tmp_path / "roi-region-only"
+    adapter.mkdir()
+    (adapter / "roi_config.json").write_text(json.dumps({"wording": "where", "region_only": True}))
+    with pytest.raises(SystemExit, match=r"trained on the region turn alone .* evaluate it inside FaST"):
+        run("vstar", tiny_base, eval_root, "--mode", "cos", "--roi-path", str(adapter))
+
+
 def test_chunks_wait_then_merge(tiny_base, eval_root):
     """Chunk 1 of 2 alone does not score; chunk 0 completes the set and the merge covers both."""
     common = ("--ckpt-name", "chunked", "--num-chunks", "2")
