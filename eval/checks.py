@@ -417,7 +417,7 @@ def resume_checkpoint(
 ) -> str | None:
     """The checkpoint a training run resumes from (`checkpoint`, else with `auto` the last `checkpoint-*`
     in `output_dir`), once it is known to come from the same data; then this run's data record is written
-    for the next resume (rank 0).
+    for the next resume. Only rank 0 reads the data files, once per launch, not once per GPU.
 
     A checkpoint of other data would continue, or if finished silently stand for, a run on the new data:
     that stops here, naming what changed. `files` are the data files by role, compared by content (a
@@ -429,6 +429,8 @@ def resume_checkpoint(
     out = Path(output_dir)
     if checkpoint is None and auto and out.is_dir():
         checkpoint = get_last_checkpoint(str(out))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return checkpoint  # rank 0 reads the data (a refusal there ends the whole launch); the rest do not
     record = {
         "files": {role: {"path": str(p), "sha1": data_digest(p)} for role, p in files.items() if p},
         "settings": settings or {},
@@ -452,9 +454,8 @@ def resume_checkpoint(
                 f"{checkpoint} was trained on other data: {', '.join(changed)} changed since; delete "
                 f"{out} or train into another output folder"
             )
-    if int(os.environ.get("RANK", "0")) == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = previous.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(previous)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = previous.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(previous)
     return checkpoint
