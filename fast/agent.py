@@ -309,12 +309,19 @@ class FastAgent:
         A free-form reply is checked with `switch_reply_kind`; its confidence is the geometric mean of its
         tokens' probabilities. Options are scored here when the shared pass did not (another image view),
         and their confidence is the margin between the two most likely options. Below
-        `confidence_threshold` (0: off) the row goes to System 2; the switch then names its objects
+        `confidence_threshold` (0: off) the row goes to System 2, if its number of options is one of
+        `confidence_option_counts` (None: any); the switch then names its objects
         exactly as for a forced row, from one pass over those prompts.
         """
         cfg, switch = self.config, self.model.switch
         rows = [i for i in live if traces[i].system == "system1"]
-        unscored = [i for i in rows if requests[i].options is not None and traces[i].option_losses is None]
+        counts = cfg.confidence_option_counts
+        routable = {i for i in rows if counts is None or len(requests[i].options or ()) in counts}
+        unscored = [
+            i
+            for i in rows
+            if i in routable and requests[i].options is not None and traces[i].option_losses is None
+        ]
         if unscored and cfg.confidence_threshold > 0:
             prompts = [self._evidence_prompt(requests[i], traces[i]) for i in unscored]
             losses = clock.run(
@@ -333,7 +340,7 @@ class FastAgent:
             if t.switch_reply == "garbled":
                 t.route = "garbled_reply"
                 t.fallback("switch", f"garbled reply {t.switch_text!r}", "System 2")
-            elif t.confidence is not None and t.confidence < cfg.confidence_threshold:
+            elif i in routable and t.confidence is not None and t.confidence < cfg.confidence_threshold:
                 t.route = "low_confidence"
             else:
                 continue

@@ -96,6 +96,9 @@ AGENT_OPTIONS: dict[str, dict] = {
     "confidence_threshold": {
         "help": "fast mode: also send System 1's unsure answers (confidence below this) to System 2; 0: off"
     },
+    "confidence_option_counts": {
+        "help": "fast mode: route by confidence only questions with these numbers of options (0: free-form; default: all)"
+    },
     "copy_names": {"help": "decode the switch's missing-object names as spans of the question"},
 }
 

@@ -42,7 +42,10 @@ class AgentConfig:
     `confidence_threshold`: in "fast" mode, a System-1 row goes to System 2 also when the switch's direct
     answer is unsure: its confidence (the geometric mean of the answer's token probabilities, or for
     options the probability margin between the best two) is below the threshold. 0 turns it off; the
-    demo calibrates it on a held-out split (`fast.calibration`). A reply that is neither an answer nor
+    demo calibrates it on a held-out split (`fast.calibration`). `confidence_option_counts`: the
+    questions it applies to, by their number of options (0: free-form); None: every question. Margins
+    of two and of four options are not on one scale, and System 2 may help one kind only (on V*Bench,
+    attributes: four options; not left/right: two). A reply that is neither an answer nor
     the missing-objects sentence goes to System 2 whatever the threshold. `copy_names`: the switch's
     missing-object names are decoded as spans of the question (`swillava.name_copy`), as SEAL's
     training names are; off, they are decoded freely.
@@ -77,6 +80,7 @@ class AgentConfig:
     roi_wording: str | None = None
     option_image_view: str = VSTAR_DEFAULT_IMAGE_VIEW
     confidence_threshold: float = 0.0
+    confidence_option_counts: list[int] | None = None
     copy_names: bool = True
 
     def __post_init__(self):
@@ -111,6 +115,13 @@ class AgentConfig:
         if self.confidence_threshold > 0 and self.switch_decision != "prefix":
             raise ValueError(
                 "confidence_threshold needs switch_decision 'prefix' (its pass scores the answer)"
+            )
+        if self.confidence_option_counts is not None and any(
+            not isinstance(n, int) or n < 0 for n in self.confidence_option_counts
+        ):
+            raise ValueError(
+                "confidence_option_counts must be numbers of options (0: free-form), "
+                f"got {self.confidence_option_counts!r}"
             )
         if "{name}" not in self.seg_prompt:
             raise ValueError(f"seg_prompt must contain {{name}}, got {self.seg_prompt!r}")
