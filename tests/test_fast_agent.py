@@ -807,8 +807,17 @@ def test_option_margin_routes_multiple_choice(fast_model, image):
         probs = np.sort(np.exp(-np.array(plain.option_losses)) / np.exp(-np.array(plain.option_losses)).sum())
         assert plain.confidence == pytest.approx(probs[-1] - probs[-2], abs=1e-6)
         assert option_confidence(plain.option_losses) == plain.confidence
-        up = agent(fast_model, option_image_view=view, confidence_threshold=min(1.0, plain.confidence + 1e-3))
+        above = min(1.0, plain.confidence + 1e-3)
+        up = agent(
+            fast_model, option_image_view=view, confidence_threshold=above, confidence_option_counts=[3]
+        )
         routed = up.answer(image, QUESTION, options=options)
+        # routing applies only to the configured numbers of options (here 3)
+        elsewhere = agent(
+            fast_model, option_image_view=view, confidence_threshold=above, confidence_option_counts=[0, 2, 4]
+        ).answer(image, QUESTION, options=options)
+        assert (elsewhere.system, elsewhere.route, elsewhere.answer) == ("system1", None, plain.answer)
+        assert elsewhere.confidence == pytest.approx(plain.confidence, abs=1e-6)
         s2 = agent(fast_model, mode="system2_always", option_image_view=view).answer(
             image, QUESTION, options=options
         )
@@ -836,6 +845,8 @@ def test_suffix_is_never_added_twice(fast_model, image):
 def test_confidence_threshold_is_checked():
     with pytest.raises(ValueError, match="confidence_threshold must be in"):
         AgentConfig(base="b", switch="s", mode="system1", confidence_threshold=1.5)
+    with pytest.raises(ValueError, match="confidence_option_counts must be numbers of options"):
+        AgentConfig(base="b", switch="s", mode="system1", confidence_option_counts=[4, -1])
     with pytest.raises(ValueError, match="needs switch_decision 'prefix'"):
         AgentConfig(
             base="b", switch="s", mode="system1", switch_decision="generate", confidence_threshold=0.2

@@ -70,6 +70,12 @@ def test_agent_stages_write_results_and_report(demo_paths, toy_world):
     assert result["curve"][0]["acc_all"] == result["fast_no_confidence"]["acc_all"]
     no_routing = result["runs"]["fast_no_confidence"]
     assert result["agent_config"]["confidence_threshold"] == calibration["threshold"]
+    # routing applies to the groups (numbers of options) System 2 improved on the held-out split
+    gains = calibration["system2_gains"]
+    assert calibration["option_counts"] == [int(g) for g, gain in gains.items() if gain > 0]
+    assert result["agent_config"]["confidence_option_counts"] == calibration["option_counts"]
+    assert result["fast"]["confidence_option_counts"] == calibration["option_counts"]
+    assert set(gains) <= {"2", "4"}  # the toy V* set: left/right (2 options) and patterns (4)
     assert sum(no_routing["routes"].values()) == round(no_routing["system2_rate"] * n)
 
     # the report shows System-2 traces: make the fast run's traces System 2 by using system2_always's
