@@ -44,6 +44,7 @@ FIGURES = [
     Figure("FaST acc_hard", ("fast", "acc_hard")),
     Figure("FaST s/question", ("fast", "sec_per_question"), 4),
     Figure("FaST System-2 rate", ("fast", "system2_rate")),
+    Figure("FaST confidence threshold", ("fast", "confidence_threshold")),
     # V*Bench's own report: attribute and spatial (left/right) questions apart
     *(
         Figure(f"{label} acc {category}", (key, "acc_by_category", category))
