@@ -38,6 +38,7 @@ from PIL import Image
 from roillava.stage import BaseStage, RoiStage
 from swillava.stage import SwitchStage
 
+from .calibration import confidence_applies
 from .config import AgentConfig
 from .model import ROI, SEG, SWITCH, FastModel
 from .trace import ObjectEvidence, Trace, mask_to_rle, tight_box
@@ -316,7 +317,7 @@ class FastAgent:
         cfg, switch = self.config, self.model.switch
         rows = [i for i in live if traces[i].system == "system1"]
         counts = cfg.confidence_option_counts
-        routable = {i for i in rows if counts is None or len(requests[i].options or ()) in counts}
+        routable = {i for i in rows if confidence_applies(len(requests[i].options or ()), counts)}
         unscored = [
             i
             for i in rows

@@ -37,6 +37,12 @@ class ThresholdPoint:
     system2_rate: float
 
 
+def confidence_applies(options: int, option_counts: Collection[int] | None) -> bool:
+    """Whether confidence routing covers a question with `options` options (0: free-form) under
+    `AgentConfig.confidence_option_counts` (None: every question)."""
+    return option_counts is None or options in option_counts
+
+
 def evaluate_threshold(
     outcomes: Sequence[RoutingOutcome], threshold: float, option_counts: Collection[int] | None = None
 ) -> ThresholdPoint:
@@ -47,7 +53,7 @@ def evaluate_threshold(
     correct = routed = 0
     for o in outcomes:
         unsure = o.confidence is not None and o.confidence < threshold
-        to_system2 = o.system2 or (unsure and (option_counts is None or o.options in option_counts))
+        to_system2 = o.system2 or (unsure and confidence_applies(o.options, option_counts))
         routed += to_system2
         correct += o.correct_system2 if (to_system2 and not o.system2) else o.correct
     return ThresholdPoint(threshold, correct / len(outcomes), routed / len(outcomes))
@@ -63,7 +69,7 @@ def candidate_thresholds(
 ) -> list[float]:
     """0 (off) and, for each distinct confidence in the groups `option_counts` (None: all), the threshold
     just above it (it routes that row)."""
-    rows = [o for o in direct_rows(outcomes) if option_counts is None or o.options in option_counts]
+    rows = [o for o in direct_rows(outcomes) if confidence_applies(o.options, option_counts)]
     return [0.0] + [min(1.0, c + 1e-6) for c in sorted({o.confidence for o in rows})]
 
 
